@@ -1,0 +1,107 @@
+"""The one settings object, loaded from one YAML file with ``DISPATCHML__`` environment overrides.
+
+Defaults describe the embedded single-machine setup (local Ray, Feast on SQLite, files under
+``./var``). A cluster is a different YAML file, not a code change: see ``cluster/cluster.yaml``.
+
+Environment overrides use ``DISPATCHML__SECTION__FIELD=value`` (double underscores), e.g.
+``DISPATCHML__FEATURES__ONLINE_STORE=redis``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_CONFIG = Path(__file__).with_name("default.yaml")
+ENV_PREFIX = "DISPATCHML__"
+CONFIG_ENV = "DISPATCHML_CONFIG"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PathsSettings(_Section):
+    """Roots of everything the system writes. On a cluster these point at shared storage."""
+
+    root: Path = Path("var")
+    data: Path = Path("var/data")
+    registry: Path = Path("var/registry")
+    feature_store: Path = Path("var/feature_store")
+    reports: Path = Path("var/reports")
+
+
+class WorldSettings(_Section):
+    """Size of the simulated world. Production scale is the default; the demo shrinks it."""
+
+    cells: int = 25_000
+    regions: int = 40
+    providers: int = 80_000
+    candidates_per_job: int = 6
+
+
+class SimulationSettings(_Section):
+    days: int = 60
+    events_per_day: int = 1_200_000
+    seed: int = 7
+    start: str = "2026-01-01"
+
+
+class FeatureSettings(_Section):
+    online_store: Literal["sqlite", "redis"] = "sqlite"
+    redis_connection: str = "127.0.0.1:6379"
+    project: str = "dispatchml"
+
+
+class TrainSettings(_Section):
+    """Training window and LightGBM capacity; the holdout is the last ``holdout_days`` days."""
+
+    holdout_days: int = 7
+    window_days: int = 56
+    num_boost_round: int = 300
+    num_leaves: int = 63
+    learning_rate: float = 0.05
+    max_training_rows: int = 400_000
+    interval_coverage: float = 0.8
+
+
+class Settings(_Section):
+    paths: PathsSettings = Field(default_factory=PathsSettings)
+    world: WorldSettings = Field(default_factory=WorldSettings)
+    simulation: SimulationSettings = Field(default_factory=SimulationSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_settings(path: Path | str | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from ``path`` (or ``$DISPATCHML_CONFIG``, or the packaged default) plus env overrides."""
+    environ = dict(os.environ) if environ is None else environ
+    path = Path(path or environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    if not path.exists():
+        raise FileNotFoundError(f"config file {path} does not exist; pass --config or set {CONFIG_ENV}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    return Settings.model_validate(_merge(raw, _env_overrides(environ)))

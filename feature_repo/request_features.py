@@ -1,0 +1,163 @@
+"""Features of one (job, candidate) pair, computed at request time.
+
+``compute_request_features`` is the one definition of these features. Training gets it through
+the ``request_features`` on-demand view (Feast applies it to the point-in-time joined frame);
+serving may get it the same way or call the function directly on the candidate frame it built.
+It reads the member's job coordinates and returns only derived values: the view is never written
+to the online store and feature services log nothing, so coordinates are not persisted.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from feast import Field, RequestSource
+from feast.on_demand_feature_view import on_demand_feature_view
+from feast.types import Float64, String, UnixTimestamp
+
+from contracts.features import LINES_OF_BUSINESS, REQUEST_FEATURES, SERVICE_TYPES, VEHICLE_CLASSES
+from feature_repo.cell_features import cell_traffic
+from feature_repo.provider_features import provider_status
+
+#: Bump when the meaning of any request feature changes; part of ``FEATURE_DEFINITION_VERSION``.
+REQUEST_TRANSFORM_REVISION = 1
+
+#: Mean Earth radius (IUGG), km.
+EARTH_RADIUS_KM = 6371.0088
+#: Traffic speeds below this are clipped before dividing: a jammed cell reads 0-2 km/h and would
+#: otherwise blow the naive travel time up to hours.
+MIN_SPEED_KMH = 5.0
+
+#: Columns ``compute_request_features`` reads. The first seven arrive with the request; the
+#: last three are stored features (``provider_status`` location, ``cell_traffic`` speed).
+REQUEST_INPUTS: tuple[str, ...] = (
+    "job_id",
+    "job_lat",
+    "job_lon",
+    "request_ts",
+    "line_of_business",
+    "service_type",
+    "vehicle_class",
+    "provider_lat",
+    "provider_lon",
+    "speed_kmh",
+)
+
+request_source = RequestSource(
+    name="job_request",
+    schema=[
+        Field(name="job_id", dtype=String),
+        Field(name="job_lat", dtype=Float64),
+        Field(name="job_lon", dtype=Float64),
+        Field(name="request_ts", dtype=UnixTimestamp),
+        Field(name="line_of_business", dtype=String),
+        Field(name="service_type", dtype=String),
+        Field(name="vehicle_class", dtype=String),
+    ],
+    description="The job as the dispatch system received it. Holds member coordinates: never stored.",
+)
+
+
+def _codes(values: pd.Series, vocabulary: tuple[str, ...]) -> np.ndarray:
+    """Index of each value in the contract vocabulary, -1 for anything unknown or missing."""
+    lookup = {name: i for i, name in enumerate(vocabulary)}
+    return values.map(lookup).fillna(-1).to_numpy(dtype=np.float64)
+
+
+def _timestamps(values: pd.Series) -> pd.Series:
+    """Request times as UTC timestamps; numbers are read as epoch seconds (Feast's UnixTimestamp)."""
+    if pd.api.types.is_numeric_dtype(values):
+        return pd.to_datetime(values, unit="s", utc=True)
+    return pd.to_datetime(values, utc=True)
+
+
+def haversine_km(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    """Great-circle distance in km: d = 2R asin(sqrt(sin²(Δφ/2) + cos φ1 cos φ2 sin²(Δλ/2)))."""
+    phi1, phi2 = np.radians(lat1), np.radians(lat2)
+    dphi, dlmb = phi2 - phi1, np.radians(lon2 - lon1)
+    a = np.sin(dphi / 2) ** 2 + np.cos(phi1) * np.cos(phi2) * np.sin(dlmb / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
+
+
+def initial_bearing_rad(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lon2: np.ndarray) -> np.ndarray:
+    """Initial great-circle bearing from point 1 to point 2, radians clockwise from north:
+    θ = atan2(sin Δλ cos φ2, cos φ1 sin φ2 − sin φ1 cos φ2 cos Δλ)."""
+    phi1, phi2 = np.radians(lat1), np.radians(lat2)
+    dlmb = np.radians(lon2 - lon1)
+    y = np.sin(dlmb) * np.cos(phi2)
+    x = np.cos(phi1) * np.sin(phi2) - np.sin(phi1) * np.cos(phi2) * np.cos(dlmb)
+    return np.arctan2(y, x)
+
+
+def compute_request_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """``REQUEST_FEATURES`` for every row of ``frame``: one row per (job, candidate provider).
+
+    ``frame`` holds ``REQUEST_INPUTS``. The frame must contain *all* candidates of each job it
+    mentions, because rank and count are taken within ``job_id``. Missing provider location or
+    traffic speed gives NaN distance-derived features (the model treats them as missing) rather
+    than an invented value. All outputs are float64, index-aligned with ``frame``.
+
+    - ``distance_km``: haversine distance provider → job.
+    - ``bearing_sin``/``bearing_cos``: initial bearing provider → job.
+    - ``naive_travel_min`` = distance / max(speed_kmh, 5) × 60.
+    - ``hour_of_day`` (0-23), ``day_of_week`` (Monday = 0), ``is_weekend``: of ``request_ts`` in UTC.
+    - ``hour_sin``/``hour_cos`` = sin/cos(2π · hour_of_day / 24).
+    - ``lob_code``/``service_code``/``vehicle_code``: index in the contract vocabulary, -1 unknown.
+    - ``candidate_rank_by_distance``: 1 = nearest in the job; ties share the lower rank, so the
+      value does not depend on row order.
+    - ``n_candidates``: rows of the job in ``frame``.
+    """
+    provider_lat = frame["provider_lat"].to_numpy(dtype=np.float64)
+    provider_lon = frame["provider_lon"].to_numpy(dtype=np.float64)
+    job_lat = frame["job_lat"].to_numpy(dtype=np.float64)
+    job_lon = frame["job_lon"].to_numpy(dtype=np.float64)
+    distance = haversine_km(provider_lat, provider_lon, job_lat, job_lon)
+    bearing = initial_bearing_rad(provider_lat, provider_lon, job_lat, job_lon)
+    speed = np.maximum(frame["speed_kmh"].to_numpy(dtype=np.float64), MIN_SPEED_KMH)
+
+    ts = _timestamps(frame["request_ts"])
+    hour = ts.dt.hour.to_numpy(dtype=np.float64)
+    weekday = ts.dt.dayofweek.to_numpy(dtype=np.float64)
+
+    job = frame["job_id"]
+    distance_series = pd.Series(distance, index=frame.index)
+    out = pd.DataFrame(
+        {
+            "distance_km": distance,
+            "bearing_sin": np.sin(bearing),
+            "bearing_cos": np.cos(bearing),
+            "naive_travel_min": distance / speed * 60.0,
+            "hour_of_day": hour,
+            "day_of_week": weekday,
+            "hour_sin": np.sin(2 * np.pi * hour / 24.0),
+            "hour_cos": np.cos(2 * np.pi * hour / 24.0),
+            "is_weekend": (weekday >= 5).astype(np.float64),
+            "lob_code": _codes(frame["line_of_business"], LINES_OF_BUSINESS),
+            "service_code": _codes(frame["service_type"], SERVICE_TYPES),
+            "vehicle_code": _codes(frame["vehicle_class"], VEHICLE_CLASSES),
+            "candidate_rank_by_distance": distance_series.groupby(job.to_numpy()).rank(method="min").to_numpy(),
+            "n_candidates": job.groupby(job.to_numpy()).transform("size").to_numpy(dtype=np.float64),
+        },
+        index=frame.index,
+    )
+    return out[list(REQUEST_FEATURES)]
+
+
+@on_demand_feature_view(
+    name="request_features",
+    sources=[
+        provider_status[["provider_lat", "provider_lon"]],
+        cell_traffic[["speed_kmh"]],
+        request_source,
+    ],
+    schema=[Field(name=name, dtype=Float64) for name in REQUEST_FEATURES],
+    mode="pandas",
+    write_to_online_store=False,
+    description="Distance, bearing, naive travel time, time of day, category codes and rank per candidate.",
+)
+def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
+    # Feast rebuilds the UDF from this source text with only pandas and numpy in scope, so it
+    # imports the shared function rather than closing over it.
+    from feature_repo.request_features import compute_request_features
+
+    return compute_request_features(inputs)
