@@ -1,9 +1,17 @@
 """Operating the Feast feature store: its config, ``apply`` and ``materialize``.
 
 The store lives in ``Settings.paths.feature_store``: ``feature_store.yaml`` (written here from the
-settings), the file registry and, for the embedded setup, the SQLite online store. The offline
-store is Feast's file store (Dask) over the warehouse at ``Settings.paths.data``; the
-definitions themselves are the ``feature_repo`` package.
+settings), the file registry and, for the embedded setup, the SQLite online store. The
+definitions themselves are the ``feature_repo`` package; their sources are the parquet warehouse
+at ``Settings.paths.data``.
+
+The offline store is Feast's DuckDB store over those parquet files, not the Dask-backed
+``file`` store. Measured on this machine (2 cores), 50K candidate rows, 80K providers and 25K
+cells with 3 days of history: DuckDB builds the full 241-column training frame in one
+``get_historical_features`` call in about 5 s. The ``file`` store did not finish that call in
+10 minutes even at a tenth of the entities, and it silently drops entity rows whose entity has
+values but none inside the TTL (an off-shift provider, a traffic feed gap), which biases
+training towards healthy feeds.
 
 Materialization cost is dominated by the online write (Feast's SQLite store upserts one row per
 entity *and feature*), so ``materialize`` works one feature view at a time and reads only the
@@ -44,6 +52,8 @@ DEFINITION_MODULES: tuple[str, ...] = (
 )
 
 REPO_CONFIG_FILE = "feature_store.yaml"
+#: Feast offline store type; needs ``feast[duckdb]``.
+OFFLINE_STORE = "duckdb"
 
 
 class FeatureStoreNotApplied(RuntimeError):
@@ -93,7 +103,7 @@ def repo_config(settings: Settings) -> dict[str, Any]:
 
     SQLite online store next to the registry by default; Redis at
     ``features.redis_connection`` when ``features.online_store`` is ``redis``. The offline
-    store is Feast's file store.
+    store is Feast's DuckDB store (see the module docstring for why not ``file``).
     """
     root = repo_path(settings)
     if settings.features.online_store == "redis":
@@ -105,7 +115,7 @@ def repo_config(settings: Settings) -> dict[str, Any]:
         "registry": {"registry_type": "file", "path": str(root / "registry.db")},
         "provider": "local",
         "online_store": online,
-        "offline_store": {"type": "file"},
+        "offline_store": {"type": OFFLINE_STORE},
         "entity_key_serialization_version": 3,
         "auth": {"type": "no_auth"},
     }
@@ -240,6 +250,8 @@ def materialize(
             f"no feature views registered in {repo_path(settings)}; run `dispatchml features apply` first"
         )
     start, end = _utc(start), _utc(end)
+    if start >= end:
+        raise ValueError(f"materialization window is empty: start {start} is not before end {end}")
     selected = _selected_groups(groups)
     steps: list[MaterializationStep] = []
     for index, group in enumerate(selected, start=1):

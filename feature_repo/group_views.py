@@ -5,8 +5,8 @@ Every group is one feature view named after the group, so ``full_feature_names``
 is the warehouse directory ``features/<group>/`` (Hive partitions ``date=YYYY-MM-DD``) under the
 data root. Near-real-time groups are fed through a push source whose batch source is that same
 directory: the upstream feed writes history to the warehouse and pushes the fresh value online.
-Push with ``PushMode.ONLINE`` only; the file offline store cannot append to a partitioned
-directory.
+Push with ``PushMode.ONLINE`` only: the warehouse partitions are written by the upstream
+pipeline, never by Feast.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from feast import FeatureView, Field, FileSource, PushSource
+from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64
 
 from contracts.features import FeatureGroup
@@ -36,6 +37,7 @@ def warehouse_source(group: FeatureGroup) -> FileSource:
     return FileSource(
         name=f"{group.name}_source",
         path=str(feature_dir(data_root(), group.name)),
+        file_format=ParquetFormat(),
         timestamp_field="event_timestamp",
         created_timestamp_column="created_timestamp",
         description=f"Warehouse history of {group.name} ({group.cadence}).",
