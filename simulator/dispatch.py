@@ -319,7 +319,11 @@ def simulate_hour(
     ov_j = np.nonzero(override)[0]
     emit(ov_j, final_provider[ov_j], EventType.OVERRIDE, arrival_known[ov_j])
     e_job = np.concatenate(ev["job"])
-    e_n = np.arange(len(e_job))
+    # Number events within their job, not within the hour: numbered by hour, an incident that
+    # adds one offer to one job would renumber every later event of every other job that hour.
+    by_job = np.argsort(e_job, kind="stable")
+    e_n = np.empty(len(e_job), dtype=np.int64)
+    e_n[by_job] = np.arange(len(e_job)) - np.searchsorted(e_job[by_job], e_job[by_job], side="left")
     events = _table(
         EVENTS,
         {

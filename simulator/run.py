@@ -66,6 +66,8 @@ class Manifest:
     pending_labels: int
     dropped_pushes: dict[str, int]
     seconds: float
+    #: Lifecycle events after the end of the span (not written, like pending labels).
+    pending_events: int = 0
 
     def write(self, root: Path) -> None:
         manifest_path(root).write_text(json.dumps(asdict(self), indent=2, default=str))
@@ -157,6 +159,7 @@ def simulate(spec: SimulationSpec, progress: Callable[[int, int], None] | None =
         events=rows.get("dispatch/events", 0),
         jobs=total_jobs,
         pending_labels=writer.pending_labels,
+        pending_events=writer.pending_events,
         dropped_pushes=dict(writer.dropped_pushes),
         seconds=round(time.perf_counter() - t0, 3),
     )

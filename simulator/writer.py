@@ -4,7 +4,9 @@ Daily tables get one file per date, appended an hour (one row group) at a time. 
 partitioned by the date they became *known*, which can be days after the job, so a writer per
 known-date stays open until no job still being simulated can produce a label for that date.
 Labels known after the end of the simulated span are not written: the warehouse has not seen
-them yet. They are counted as pending in the manifest.
+them yet. They are counted as pending in the manifest. Lifecycle events after the end (the
+arrival of a job requested at 23:50, its late offers and answers) are held back the same way,
+so the events and the labels describe the same instant.
 
 What a feed *reports* can differ from what *is*: unit changes are applied here, to the written
 values only, and outages drop the rows a feed would have pushed.
@@ -70,18 +72,21 @@ class WarehouseWriter:
         self.incidents = incidents
         self.end_us = end_us
         self.pending_labels = 0
+        self.pending_events = 0
         self.dropped_pushes: Counter[str] = Counter()
 
     def write_hour(self, hour: HourOutcome, day: date) -> None:
-        for name, table in (
-            ("raw/requests", hour.requests),
-            ("dispatch/candidates", hour.candidates),
-            ("dispatch/events", hour.events),
-        ):
+        for name, table in (("raw/requests", hour.requests), ("dispatch/candidates", hour.candidates)):
             self.out.write(name, TABLES[name], day, table)
+        self._write_events(hour.events, day)
         self._write_labels(hour.labels)
         for group_name, push in hour.features.items():
             self.write_feature_rows(group_name, push["keys"], push["ts"], push["values"], push["cols"])
+
+    def _write_events(self, events: pa.Table, day: date) -> None:
+        seen = events.column("event_ts").cast(pa.int64()).to_numpy() < self.end_us
+        self.pending_events += int((~seen).sum())
+        self.out.write("dispatch/events", TABLES["dispatch/events"], day, events if seen.all() else events.filter(pa.array(seen)))
 
     def _write_labels(self, labels: pa.Table) -> None:
         known = labels.column("known_at").cast(pa.int64()).to_numpy()
