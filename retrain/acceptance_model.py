@@ -34,10 +34,11 @@ from eval.calibration import isotonic_fit, platt_apply, platt_fit
 from retrain.eta_model import (
     CATEGORICAL_FEATURES,
     ModelNotFittedError,
-    serving_matrix,
     booster_params,
+    booster_predict,
     feature_matrix,
     finite_labels,
+    serving_matrix,
     training_dataset,
 )
 
@@ -147,7 +148,7 @@ class AcceptanceModel:
         )
         self.feature_names_ = names
         self.booster_ = lgb.train({**params, "objective": "binary"}, dataset, self.num_boost_round)
-        margin = self.booster_.predict(cal_matrix, raw_score=True, num_threads=self.num_threads)
+        margin = booster_predict(self.booster_, cal_matrix, self.num_threads, raw_score=True)
         self._fit_calibrator(margin, cal_target)
         self.n_train_rows_ = int(target.size)
         self.n_calibration_rows_ = int(cal_target.size)
@@ -165,7 +166,8 @@ class AcceptanceModel:
     def predict_margin(self, X: np.ndarray) -> np.ndarray:
         """Uncalibrated booster log-odds for a serving matrix (for diagnostics and drift checks)."""
         self._check_fitted()
-        return self.booster_.predict(serving_matrix(X, len(self.feature_names_)), raw_score=True, num_threads=self.num_threads)
+        matrix = serving_matrix(X, len(self.feature_names_))
+        return booster_predict(self.booster_, matrix, self.num_threads, raw_score=True)
 
     def predict_array(self, X: np.ndarray) -> np.ndarray:
         """Calibrated acceptance probability for a ``(n, n_features)`` float matrix (serving path)."""

@@ -1,8 +1,8 @@
 """ETA regressor with a calibrated interval: LightGBM point model plus conformalized quantiles.
 
 Three boosters share one binned ``lgb.Dataset``: a point model (L2 or L1 objective) and two
-quantile models at ``α/2`` and ``1 − α/2`` for a nominal coverage ``1 − α`` (0.8 by default,
-``Settings.train.interval_coverage``). Quantile boosters alone under-cover on new data, so the
+smaller quantile models at ``α/2`` and ``1 − α/2`` for a nominal coverage ``1 − α`` (0.8 by
+default, ``Settings.train.interval_coverage``). Quantile boosters alone under-cover on new data, so the
 interval is conformalized on a calibration split the boosters never saw (CQR: Romano,
 Patterson & Candès 2019, "Conformalized Quantile Regression", NeurIPS, Algorithm 1)::
 
@@ -16,8 +16,9 @@ the correction (Q = 0). The interval is then clipped at 0 minutes and widened, i
 contain the point ETA, so dispatchers never see ``low > eta``; both only widen it.
 
 Serving calls :meth:`EtaModel.predict_array` with a float32/float64 matrix in
-``contracts.features.model_features()`` order: no pandas on that path, three
-``Booster.predict`` calls of tens of microseconds each for a handful of candidates.
+``contracts.features.model_features()`` order: no pandas on that path, single-threaded
+``Booster.predict`` calls. Cost is the tree walks, ~20 µs per row per 300-tree booster, so a
+request's 1–20 candidates take ~0.1–1 ms for the three boosters.
 
 The feature-matrix and booster-parameter helpers at the bottom are shared with
 ``retrain.acceptance_model`` so both models read inputs the same way.
@@ -39,6 +40,9 @@ from contracts.features import model_features
 
 #: Request features holding integer category codes; LightGBM splits them as categories.
 CATEGORICAL_FEATURES: tuple[str, ...] = ("lob_code", "service_code", "vehicle_code")
+
+#: Predictions on fewer rows than this run single-threaded; see :func:`predict_threads`.
+SINGLE_THREAD_MAX_ROWS = 1000
 
 IntervalMethod = Literal["conformal", "quantile"]
 PointObjective = Literal["l2", "l1"]
@@ -74,6 +78,8 @@ class EtaModel:
         interval: IntervalMethod = "conformal",
         num_boost_round: int = 300,
         num_leaves: int = 63,
+        interval_num_boost_round: int | None = None,
+        interval_num_leaves: int | None = None,
         learning_rate: float = 0.05,
         min_data_in_leaf: int = 100,
         feature_fraction: float = 0.8,
@@ -89,6 +95,8 @@ class EtaModel:
         self.interval = interval
         self.num_boost_round = num_boost_round
         self.num_leaves = num_leaves
+        self.interval_num_boost_round = interval_num_boost_round
+        self.interval_num_leaves = interval_num_leaves
         self.learning_rate = learning_rate
         self.min_data_in_leaf = min_data_in_leaf
         self.feature_fraction = feature_fraction
@@ -107,6 +115,8 @@ class EtaModel:
             "interval": self.interval,
             "num_boost_round": self.num_boost_round,
             "num_leaves": self.num_leaves,
+            "interval_num_boost_round": self.interval_num_boost_round,
+            "interval_num_leaves": self.interval_num_leaves,
             "learning_rate": self.learning_rate,
             "min_data_in_leaf": self.min_data_in_leaf,
             "feature_fraction": self.feature_fraction,
@@ -117,6 +127,18 @@ class EtaModel:
             "feature_names": None if self.feature_names is None else list(self.feature_names),
             "categorical_features": list(self.categorical_features),
         }
+
+    @property
+    def interval_capacity(self) -> tuple[int, int]:
+        """(rounds, leaves) of each quantile booster: half the point model's unless set.
+
+        The quantile ends only need to rank rows by spread; conformalization fixes their
+        level. Smaller boosters keep the three-model prediction near the cost of 1.7 point
+        models instead of 3 (tree walks dominate serving latency).
+        """
+        rounds = self.interval_num_boost_round or max(1, self.num_boost_round // 2)
+        leaves = self.interval_num_leaves or max(2, self.num_leaves // 2)
+        return rounds, leaves
 
     @property
     def alpha_low(self) -> float:
@@ -158,12 +180,10 @@ class EtaModel:
         )
         self.feature_names_ = names
         self.point_booster_ = lgb.train({**base, "objective": self.objective}, dataset, self.num_boost_round)
-        self.low_booster_ = lgb.train(
-            {**base, "objective": "quantile", "alpha": self.alpha_low}, dataset, self.num_boost_round
-        )
-        self.high_booster_ = lgb.train(
-            {**base, "objective": "quantile", "alpha": self.alpha_high}, dataset, self.num_boost_round
-        )
+        rounds, leaves = self.interval_capacity
+        quantile = {**base, "objective": "quantile", "num_leaves": leaves}
+        self.low_booster_ = lgb.train({**quantile, "alpha": self.alpha_low}, dataset, rounds)
+        self.high_booster_ = lgb.train({**quantile, "alpha": self.alpha_high}, dataset, rounds)
         self.n_train_rows_ = int(target.size)
         self.conformal_margin_ = 0.0
         self.n_calibration_rows_ = 0
@@ -171,14 +191,13 @@ class EtaModel:
             cal_matrix = feature_matrix(X_cal, names)
             cal_target = finite_labels(y_cal, "calibration arrival minutes")
             scores = conformity_scores(
-                cal_target, self._raw_quantile(self.low_booster_, cal_matrix), self._raw_quantile(self.high_booster_, cal_matrix)
+                cal_target,
+                booster_predict(self.low_booster_, cal_matrix, self.num_threads),
+                booster_predict(self.high_booster_, cal_matrix, self.num_threads),
             )
             self.conformal_margin_ = conformal_quantile(scores, self.coverage)
             self.n_calibration_rows_ = int(cal_target.size)
         return self
-
-    def _raw_quantile(self, booster: lgb.Booster, matrix: np.ndarray) -> np.ndarray:
-        return booster.predict(matrix, num_threads=self.num_threads)
 
     def predict_array(self, X: np.ndarray) -> EtaPrediction:
         """ETA and interval for a ``(n, n_features)`` float matrix in ``feature_names_`` order.
@@ -189,9 +208,9 @@ class EtaModel:
         """
         self._check_fitted()
         matrix = serving_matrix(X, len(self.feature_names_))
-        point = self.point_booster_.predict(matrix, num_threads=self.num_threads)
-        low = self.low_booster_.predict(matrix, num_threads=self.num_threads) - self.conformal_margin_
-        high = self.high_booster_.predict(matrix, num_threads=self.num_threads) + self.conformal_margin_
+        point = booster_predict(self.point_booster_, matrix, self.num_threads)
+        low = booster_predict(self.low_booster_, matrix, self.num_threads) - self.conformal_margin_
+        high = booster_predict(self.high_booster_, matrix, self.num_threads) + self.conformal_margin_
         return order_interval(point, low, high)
 
     def predict(self, X: pd.DataFrame | np.ndarray) -> pd.DataFrame:
@@ -305,6 +324,23 @@ def serving_matrix(X: np.ndarray, n_features: int) -> np.ndarray:
     if matrix.shape[1] != n_features:
         raise ValueError(f"expected {n_features} features per row in model_features() order, got {matrix.shape[1]}")
     return matrix if matrix.flags.c_contiguous else np.ascontiguousarray(matrix)
+
+
+def predict_threads(n_rows: int, num_threads: int) -> int:
+    """OpenMP threads for predicting ``n_rows``: one for a request's handful of candidates.
+
+    Fanning a 20-row prediction out over OpenMP threads saves little (tree walks of a few
+    microseconds each) and, where every Ray Serve replica owns one CPU, oversubscribes the
+    cores: on a loaded 2-core machine one-row ETA latency went from ~0.1–0.2 ms single-threaded
+    to ~20 ms with OpenMP. Batch scoring (backtests, calibration) still uses ``num_threads``.
+    """
+    return 1 if n_rows < SINGLE_THREAD_MAX_ROWS else num_threads
+
+
+def booster_predict(booster: lgb.Booster, matrix: np.ndarray, num_threads: int, raw_score: bool = False) -> np.ndarray:
+    """``booster.predict`` with the thread count chosen by :func:`predict_threads`."""
+    threads = predict_threads(matrix.shape[0], num_threads)
+    return np.asarray(booster.predict(matrix, raw_score=raw_score, num_threads=threads))
 
 
 def finite_labels(y: np.ndarray | pd.Series, what: str) -> np.ndarray:

@@ -114,7 +114,8 @@ class FallbackModel:
         cell_region = known.groupby("cell_id")["region_id"].first()
         cell = _quantile_table(known, ["cell_id", "how"], levels)
         parent_keys = cell_region.loc[cell.frame["cell_id"]].to_numpy() * HOURS_PER_WEEK + cell.frame["how"].to_numpy()
-        parent = self.region_eta_[np.searchsorted(self.region_eta_keys_, parent_keys)]
+        parent_hit, parent_pos = _find(self.region_eta_keys_, parent_keys)
+        parent = np.where(parent_hit[:, None], self.region_eta_[parent_pos], self.global_eta_[None, :])
         self.cell_eta_keys_ = cell.keys_of(HOURS_PER_WEEK)
         self.cell_eta_ = _shrink(cell.values, cell.counts, parent, self.eta_prior_rows)
 
