@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -114,6 +114,198 @@ def simulate(
         f"wrote {manifest.events:,} events for {manifest.jobs:,} jobs over {days} days to {out} "
         f"in {manifest.seconds:.1f} s ({rate:,.0f} events/s); scenario {spec.scenario.name!r}"
     )
+
+
+def _utc_datetime(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+@features_app.command("apply")
+@command
+def features_apply() -> None:
+    """Register the feature_repo definitions with Feast and create the online tables."""
+    from cluster.feature_store import apply
+
+    result = apply(_settings())
+    console.print(
+        f"applied {len(result.feature_views)} feature views, {len(result.on_demand_feature_views)} on-demand views, "
+        f"feature services {', '.join(result.feature_services)} (definitions {result.feature_definition_version}) "
+        f"to {result.repo_path} over {result.data_root} in {result.seconds:.1f} s"
+    )
+
+
+@features_app.command("materialize")
+@command
+def features_materialize(
+    end: Annotated[Optional[str], typer.Option(help="Materialize up to this UTC time (default: end of the data).")] = None,
+    start: Annotated[Optional[str], typer.Option(help="Earliest value to load (default: end minus each view's TTL).")] = None,
+    group: Annotated[Optional[list[str]], typer.Option(help="Only these feature groups (repeatable).")] = None,
+) -> None:
+    """Load the latest feature values into the online store, one feature view at a time."""
+    from retrain.pipeline import data_span
+
+    settings = _settings()
+    span_start, span_end = data_span(Path(settings.paths.data))
+    end_at = _utc_datetime(end) or span_end
+    start_at = _utc_datetime(start) or span_start
+    steps = materialize_with_progress(settings, start_at, end_at, group)
+    for step in steps:
+        console.print(f"  {step}")
+
+
+def materialize_with_progress(settings: Settings, start: datetime, end: datetime, groups: list[str] | None = None) -> list[Any]:
+    from cluster.feature_store import materialize
+    from contracts.features import FEATURE_GROUPS
+
+    total = len(groups) if groups else len(FEATURE_GROUPS)
+    with progress_bar() as bar:
+        task = bar.add_task("materializing feature views", total=total)
+        return materialize(settings, start, end, groups=groups, progress=lambda *_: bar.advance(task))
+
+
+@app.command()
+@command
+def train(
+    data: Annotated[Optional[Path], typer.Option(help="Warehouse root (default: paths.data).")] = None,
+    as_of: Annotated[Optional[str], typer.Option(help="Use labels known by this UTC time (default: end of the data).")] = None,
+    alias: Annotated[Optional[str], typer.Option(help="Point this alias (champion, challenger) at the new versions.")] = None,
+) -> None:
+    """Build point-in-time training sets, fit ETA/acceptance/fallback, report holdout metrics, register."""
+    from retrain.pipeline import train_from_warehouse
+
+    settings = _settings()
+    with console.status("training") as status:
+        run = train_from_warehouse(settings, data, as_of=_utc_datetime(as_of), set_alias=alias, step=status.update)
+    report_training(run)
+
+
+def report_training(run: Any) -> None:
+    """Overall holdout metrics, the worst segment per metric family, and the registered versions."""
+    result = run.result
+    rows = [[family, metric, f"{value:.4f}"] for family, values in result.metrics.items() for metric, value in values.items()]
+    print_table(f"holdout metrics ({run.rows:,} candidate rows, window {run.window[0]:%Y-%m-%d}..{run.window[1]:%Y-%m-%d})", ["family", "metric", "value"], rows)
+    seg_rows = []
+    for family, by_column in result.segment_metrics.items():
+        for column, by_value in by_column.items():
+            for value, metrics in sorted(by_value.items(), key=lambda kv: str(kv[0]))[:50]:
+                headline = {k: v for k, v in metrics.items() if k in ("mae", "ece", "coverage", "auc", "n")}
+                if headline:
+                    seg_rows.append([family, column, value, ", ".join(f"{k}={v:.3f}" for k, v in headline.items())])
+    print_table("holdout metrics per segment", ["family", "segment", "value", "metrics"], seg_rows)
+    print_table("registered versions", ["family", "version"], [[f, v] for f, v in run.versions.items()])
+
+
+@models_app.command("list")
+@command
+def models_list(family: Annotated[Optional[str], typer.Option(help="Only this family.")] = None) -> None:
+    """Versions per family and where each alias points."""
+    from retrain.registry import ALIASES, FAMILIES, ModelRegistry
+
+    registry = ModelRegistry(_settings().paths.registry)
+    rows = []
+    for fam in [family] if family else FAMILIES:
+        targets = {a: (registry.alias(fam, a) or None) for a in ALIASES}
+        for version in registry.versions(fam):
+            marks = [a for a, rec in targets.items() if rec is not None and rec.version == version]
+            meta = registry.metadata(fam, version)
+            rows.append([fam, version, ",".join(marks), f"{meta.created_at:%Y-%m-%d %H:%M}", meta.parent_version or ""])
+    print_table(f"models in {registry.root}", ["family", "version", "aliases", "created", "parent"], rows)
+
+
+@models_app.command("show")
+@command
+def models_show(family: str, ref: Annotated[str, typer.Argument(help="Version id or alias.")]) -> None:
+    """A version's metadata: window, data fingerprint, features, hyperparameters, metrics, lineage."""
+    from retrain.registry import ModelRegistry
+
+    print_json(ModelRegistry(_settings().paths.registry).metadata(family, ref).model_dump(mode="json"))
+
+
+@models_app.command("alias")
+@command
+def models_alias(
+    family: str,
+    alias: str,
+    version: Annotated[Optional[str], typer.Argument(help="Version to point at; omit with --rollback.")] = None,
+    rollback: Annotated[bool, typer.Option(help="Restore the alias's previous target.")] = False,
+    reason: Annotated[str, typer.Option(help="Recorded in the alias history.")] = "manual",
+    history: Annotated[bool, typer.Option(help="Print the alias's move history and exit.")] = False,
+) -> None:
+    """Move an alias atomically (recorded in history), roll it back, or show its history."""
+    import getpass
+
+    from retrain.registry import ModelRegistry
+
+    registry = ModelRegistry(_settings().paths.registry)
+    if history:
+        moves = registry.history(family, alias)
+        print_table(f"{family}@{alias} history", ["when", "action", "version", "previous", "by", "reason"],
+                    [[f"{m.moved_at:%Y-%m-%d %H:%M:%S}", m.action, m.version, m.previous_version or "", m.moved_by, m.reason] for m in moves])
+        return
+    who = getpass.getuser()
+    if rollback:
+        record = registry.rollback(family, alias, moved_by=who, reason=reason)
+    elif version is None:
+        raise UserError("give a VERSION to point the alias at, or --rollback")
+    else:
+        record = registry.set_alias(family, alias, version, moved_by=who, reason=reason)
+    console.print(f"{family}@{alias} -> {record.version} (was {record.previous_version}, generation {record.generation})")
+
+
+class _RichReporter:
+    """Progress bars and step lines for the demo."""
+
+    def __init__(self, bar: Progress) -> None:
+        self.bar = bar
+        self.tasks: dict[str, Any] = {}
+
+    def step(self, text: str) -> None:
+        console.print(f"[bold cyan]>[/bold cyan] {text}")
+
+    def progress(self, label: str, total: int) -> Callable[[int, int], None]:
+        task = self.bar.add_task(label, total=total)
+        return lambda done, _total: self.bar.update(task, completed=done)
+
+
+@app.command()
+@command
+def demo(
+    workdir: Annotated[Optional[Path], typer.Option(help="Demo directory, wiped first (default: <paths.root>/demo).")] = None,
+    days: Annotated[int, typer.Option(min=14, help="Days of history to simulate.")] = 60,
+    events_per_day: Annotated[int, typer.Option(min=1000, help="Dispatch events per simulated day.")] = 25_000,
+    cells: Annotated[int, typer.Option(min=50)] = 2_500,
+    regions: Annotated[int, typer.Option(min=1)] = 12,
+    providers: Annotated[int, typer.Option(min=100)] = 8_000,
+    seed: Annotated[int, typer.Option()] = 7,
+    scenario: Annotated[Optional[Path], typer.Option(help="Incident scenario YAML for the simulated history.")] = None,
+) -> None:
+    """Run the foundation end to end: simulate, features apply/materialize, train, register."""
+    from cluster.demo import DemoOptions, run_demo
+
+    settings = _settings()
+    options = DemoOptions(
+        workdir=workdir or Path(settings.paths.root) / "demo",
+        days=days,
+        events_per_day=events_per_day,
+        cells=cells,
+        regions=regions,
+        providers=providers,
+        seed=seed,
+        scenario=scenario,
+    )
+    with progress_bar() as bar:
+        result = run_demo(settings, options, _RichReporter(bar))
+    m = result.manifest
+    console.print(f"\n[bold]simulated[/bold] {m.events:,} events, {m.jobs:,} jobs, {m.days} days -> {result.settings.paths.data}")
+    console.print(f"[bold]feature store[/bold] {result.settings.paths.feature_store} (SQLite online, DuckDB offline)")
+    report_training(result.training)
+    print_table("aliases", ["family@alias", "version"], [[k, v] for k, v in result.aliases.items()])
+    print_table("timings", ["step", "seconds"], [[k, f"{v:.1f}"] for k, v in result.seconds.items()])
+    console.print(f"registry: {result.settings.paths.registry}")
+    console.print(f"explore: dispatchml --config {result.config_path} models list")
 
 
 def print_json(payload: Any) -> None:

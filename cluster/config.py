@@ -67,6 +67,11 @@ class TrainSettings(_Section):
     learning_rate: float = 0.05
     max_training_rows: int = 400_000
     interval_coverage: float = 0.8
+    #: Requests this recent are left out of training and holdout: their labels are not final.
+    label_maturity_hours: int = 12
+    #: LightGBM threads; set to the cores the job reserves (0 = OpenMP default, all cores).
+    #: More threads than free cores makes OpenMP spin and fitting many times slower.
+    num_threads: int = 0
 
 
 class Settings(_Section):

@@ -21,7 +21,10 @@ online anyway, and values before the view's last materialized end are already th
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import io
+import warnings
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -38,6 +41,12 @@ from feast.repo_operations import extract_objects_for_apply_delete
 
 from cluster.config import Settings
 from contracts.features import FEATURE_GROUPS, FeatureGroup
+
+# Feast's modules call ``warnings.simplefilter("once", ...)`` at import, which puts their filters
+# ahead of any the CLI installed earlier; these two notices (the on-demand view "experimental"
+# banner and ibis' fetch_arrow_table deprecation inside the DuckDB store) are known and harmless.
+warnings.filterwarnings("ignore", message="On demand feature view is an experimental feature")
+warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ibis\.")
 
 #: Definition modules in import order (each may import the ones before it). ``apply`` reloads
 #: them so the sources pick up the data root of the settings being applied.
@@ -265,7 +274,9 @@ def materialize(
         if window_start >= end:
             step = MaterializationStep(group.name, index, len(selected), None, end, 0.0, skipped="up to date")
         else:
-            store.materialize(window_start, end, feature_views=[group.name])
+            # Feast prints its own banner and tqdm bars; our caller reports progress per group.
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                store.materialize(window_start, end, feature_views=[group.name])
             step = MaterializationStep(group.name, index, len(selected), window_start, end, time.perf_counter() - started)
         steps.append(step)
         if progress is not None:

@@ -33,6 +33,7 @@ from eval.metrics import eta_report, per_segment
 from retrain.acceptance_model import AcceptanceModel
 from retrain.eta_model import EtaModel
 from retrain.fallback import FallbackModel
+from retrain.job_sample import cap_rows
 from retrain.ranking import RankingPolicy
 from retrain.registry import Alias, Family, ModelRegistry, TrainingWindow, VersionSpec
 
@@ -95,19 +96,6 @@ def time_split(request_ts: pd.Series, holdout_days: int, window_days: int, calib
             f"it needs more than {holdout_days + calibration_days} days of history"
         )
     return TimeSplit(train_start, calibration_start, holdout_start, end)
-
-
-def cap_rows(frame: pd.DataFrame, max_rows: int) -> pd.DataFrame:
-    """At most ``max_rows`` rows, keeping whole jobs chosen by a hash of ``job_id``.
-
-    Deterministic (the same frame always yields the same sample, whatever its row order) and
-    job-complete, so a job's candidates are never split between kept and dropped.
-    """
-    if len(frame) <= max_rows:
-        return frame
-    job_hash = pd.util.hash_pandas_object(frame["job_id"], index=False).to_numpy()
-    threshold = np.sort(job_hash)[max_rows]
-    return frame.loc[job_hash < threshold]
 
 
 def data_fingerprint(frame: pd.DataFrame) -> str:

@@ -29,6 +29,7 @@ from contracts.features import model_features
 from contracts.warehouse import MEMBER_PII_COLUMNS, LabelType, feature_dir, table_dir
 from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
 from feature_repo.request_features import request_features
+from retrain.job_sample import cap_rows
 
 ModelFamily = Literal["eta", "acceptance"]
 
@@ -95,22 +96,6 @@ def entity_frame(data_root: Path, start: date | datetime, end: date | datetime) 
     return frame
 
 
-def sample_jobs(entities: pd.DataFrame, max_rows: int) -> pd.DataFrame:
-    """At most ``max_rows`` rows, keeping or dropping whole jobs.
-
-    Whole jobs, because rank and candidate count are features of the job's full candidate set.
-    Jobs are taken in the order of a hash of ``job_id``, so the sample is the same on every run
-    and does not depend on row order.
-    """
-    if len(entities) <= max_rows:
-        return entities
-    sizes = entities.groupby("job_id", sort=False).size()
-    order = pd.util.hash_pandas_object(sizes.index.to_series(), index=False).to_numpy().argsort(kind="stable")
-    ranked = sizes.iloc[order]
-    keep = ranked.index[ranked.cumsum().to_numpy() <= max_rows]
-    return entities[entities["job_id"].isin(keep)]
-
-
 def _check_store_matches(store, family: str, data_root: Path) -> str:
     """The applied feature service for ``family``; raises if it is stale or reads another warehouse."""
     service = store.get_feature_service(FEATURE_SERVICES[family])
@@ -142,7 +127,7 @@ def build_training_set(
 
     Dates mean midnight UTC. Columns: ``KEY_COLUMNS`` then ``contracts.features.model_features()``;
     stored features are ``group__feature``, NaN where the group had no value within its TTL.
-    ``max_rows`` caps the frame by sampling whole jobs (``sample_jobs``) before the join.
+    ``max_rows`` caps the frame by sampling whole jobs (``retrain.job_sample.cap_rows``) before the join.
     ``frame.attrs`` records the feature service, ``feature_definition_version`` and
     ``candidate_rows`` (rows in the window before sampling).
     """
@@ -156,7 +141,7 @@ def build_training_set(
         raise TrainingSetError(f"no candidates requested between {start} and {end} under {data_root}")
     candidate_rows = len(entities)
     if max_rows is not None:
-        entities = sample_jobs(entities, max_rows)
+        entities = cap_rows(entities, max_rows)
 
     joined = store.get_historical_features(
         entity_df=entities,

@@ -35,7 +35,6 @@ from simulator.live_state import (
     US_PER_MIN,
     WEATHER,
     cell_traffic,
-    day_of_week,
     hour_of_day,
     provider_status,
     region_load,

@@ -110,7 +110,7 @@ def test_apply_and_materialize_serve_latest_values_from_sqlite(world: FeatureWor
     ).to_df()
 
     for group in FEATURE_GROUPS:
-        for i, row in online.iterrows():
+        for _i, row in online.iterrows():
             entity_id = int(row[group.join_key])
             expected = _latest_within_ttl(world, group.name, entity_id, world.end)
             served = row[[f"{group.name}__{f}" for f in group.features]].to_numpy(dtype=float)

@@ -21,7 +21,8 @@ from retrain.eta_model import EtaModel, ModelNotFittedError, conformal_quantile
 from retrain.fallback import FallbackModel, hour_of_week
 from retrain.ranking import DispatchBundle
 from retrain.registry import ModelRegistry
-from retrain.train import cap_rows, data_fingerprint, register_models, train_models
+from retrain.job_sample import cap_rows
+from retrain.train import data_fingerprint, register_models, train_models
 
 FEATURES = model_features()
 START = pd.Timestamp("2026-01-05", tz="UTC")  # a Monday
