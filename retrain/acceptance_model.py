@@ -20,10 +20,9 @@ the caller: the model answers "if we offer, will they accept", not "were they of
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
 import lightgbm as lgb
 import numpy as np
@@ -31,13 +30,15 @@ import pandas as pd
 
 from contracts.features import model_features
 from eval.calibration import isotonic_fit, platt_apply, platt_fit
-from retrain.eta_model import (
+from retrain.boosting import (
     CATEGORICAL_FEATURES,
-    ModelNotFittedError,
+    Estimator,
     booster_params,
     booster_predict,
     feature_matrix,
     finite_labels,
+    load_boosters,
+    save_boosters,
     serving_matrix,
     training_dataset,
 )
@@ -49,15 +50,18 @@ CalibrationMethod = Literal["isotonic", "platt"]
 #: ranking treat a provider as certain.
 PROBABILITY_BOUNDS: tuple[float, float] = (1e-4, 1.0 - 1e-4)
 
-_FILES = {"booster": "acceptance_booster.txt", "state": "acceptance_model.json"}
+_BOOSTER_FILES = ("acceptance_booster.txt",)
+_STATE_FILE = "acceptance_model.json"
 
 
-class AcceptanceModel:
+class AcceptanceModel(Estimator):
     """Calibrated P(accept | offered) per candidate.
 
     Learned state: ``booster_``, ``feature_names_``, ``calibration_thresholds_`` and
     ``calibration_values_`` (isotonic) or ``platt_a_``/``platt_b_`` (Platt).
     """
+
+    _fitted_attribute = "booster_"
 
     def __init__(
         self,
@@ -90,24 +94,6 @@ class AcceptanceModel:
         self.feature_names = feature_names
         self.categorical_features = categorical_features
 
-    def get_params(self) -> dict[str, Any]:
-        """Constructor parameters, JSON-serialisable, for the registry's metadata."""
-        return {
-            "calibration": self.calibration,
-            "calibration_fraction": self.calibration_fraction,
-            "num_boost_round": self.num_boost_round,
-            "num_leaves": self.num_leaves,
-            "learning_rate": self.learning_rate,
-            "min_data_in_leaf": self.min_data_in_leaf,
-            "feature_fraction": self.feature_fraction,
-            "bagging_fraction": self.bagging_fraction,
-            "lambda_l2": self.lambda_l2,
-            "seed": self.seed,
-            "num_threads": self.num_threads,
-            "feature_names": None if self.feature_names is None else list(self.feature_names),
-            "categorical_features": list(self.categorical_features),
-        }
-
     def fit(
         self,
         X: pd.DataFrame | np.ndarray,
@@ -127,7 +113,7 @@ class AcceptanceModel:
         matrix = feature_matrix(X, names)
         target = finite_labels(y, "acceptance labels")
         if X_cal is None or y_cal is None:
-            n_cal = int(round(target.size * self.calibration_fraction))
+            n_cal = round(target.size * self.calibration_fraction)
             if not 0 < n_cal < target.size:
                 raise ValueError(f"calibration_fraction={self.calibration_fraction} leaves no calibration rows")
             matrix, cal_matrix = matrix[:-n_cal], matrix[-n_cal:]
@@ -136,16 +122,7 @@ class AcceptanceModel:
             cal_matrix = feature_matrix(X_cal, names)
             cal_target = finite_labels(y_cal, "calibration acceptance labels")
         dataset = training_dataset(matrix, target, names, self.categorical_features, self.min_data_in_leaf)
-        params = booster_params(
-            num_leaves=self.num_leaves,
-            learning_rate=self.learning_rate,
-            min_data_in_leaf=self.min_data_in_leaf,
-            feature_fraction=self.feature_fraction,
-            bagging_fraction=self.bagging_fraction,
-            lambda_l2=self.lambda_l2,
-            seed=self.seed,
-            num_threads=self.num_threads,
-        )
+        params = booster_params(self.get_params())
         self.feature_names_ = names
         self.booster_ = lgb.train({**params, "objective": "binary"}, dataset, self.num_boost_round)
         margin = booster_predict(self.booster_, cal_matrix, self.num_threads, raw_score=True)
@@ -187,16 +164,9 @@ class AcceptanceModel:
         self._check_fitted()
         return self.predict_array(feature_matrix(X, self.feature_names_))
 
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "booster_"):
-            raise ModelNotFittedError("AcceptanceModel is not fitted; call fit() or AcceptanceModel.load() first")
-
     def save(self, directory: Path) -> list[Path]:
         """Write the booster (LightGBM text format) and the calibrator under ``directory``."""
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.booster_.save_model(directory / _FILES["booster"])
         state = {
             "params": self.get_params(),
             "feature_names_": list(self.feature_names_),
@@ -207,14 +177,12 @@ class AcceptanceModel:
             "n_train_rows_": self.n_train_rows_,
             "n_calibration_rows_": self.n_calibration_rows_,
         }
-        (directory / _FILES["state"]).write_text(json.dumps(state, sort_keys=True))
-        return [directory / name for name in _FILES.values()]
+        return save_boosters(directory, _BOOSTER_FILES, (self.booster_,), _STATE_FILE, state)
 
     @classmethod
     def load(cls, directory: Path) -> AcceptanceModel:
         """Rebuild a fitted model written by :meth:`save`."""
-        directory = Path(directory)
-        state = json.loads((directory / _FILES["state"]).read_text())
+        state, (booster,) = load_boosters(directory, _BOOSTER_FILES, _STATE_FILE)
         model = cls(**state["params"])
         model.feature_names_ = tuple(state["feature_names_"])
         model.calibration_thresholds_ = np.asarray(state["calibration_thresholds_"], dtype=np.float64)
@@ -223,5 +191,5 @@ class AcceptanceModel:
         model.platt_b_ = float(state["platt_b_"])
         model.n_train_rows_ = int(state["n_train_rows_"])
         model.n_calibration_rows_ = int(state["n_calibration_rows_"])
-        model.booster_ = lgb.Booster(model_file=str(directory / _FILES["booster"]))
+        model.booster_ = booster
         return model

@@ -28,12 +28,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple, Self
+from typing import NamedTuple, Self
 
 import numpy as np
 import pandas as pd
 
-from retrain.eta_model import ModelNotFittedError, order_interval
+from retrain.boosting import Estimator
+from retrain.eta_model import order_interval
 from retrain.ranking import rank_by_proxy
 
 HOURS_PER_WEEK = 168
@@ -57,8 +58,10 @@ def hour_of_week(request_ts: pd.Series) -> np.ndarray:
     return (ts.dt.dayofweek.to_numpy() * 24 + ts.dt.hour.to_numpy()).astype(np.int64)
 
 
-class FallbackModel:
+class FallbackModel(Estimator):
     """History-table ETA and acceptance priors. Learned state is the ``*_keys_``/``*_`` tables."""
+
+    _fitted_attribute = "global_eta_"
 
     def __init__(
         self,
@@ -72,14 +75,6 @@ class FallbackModel:
         self.eta_prior_rows = eta_prior_rows
         self.provider_prior_offers = provider_prior_offers
         self.region_prior_offers = region_prior_offers
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "coverage": self.coverage,
-            "eta_prior_rows": self.eta_prior_rows,
-            "provider_prior_offers": self.provider_prior_offers,
-            "region_prior_offers": self.region_prior_offers,
-        }
 
     @property
     def quantile_levels(self) -> tuple[float, float, float]:
@@ -199,10 +194,6 @@ class FallbackModel:
         offers[hit] = self.provider_offers_[pos[hit]]
         m = self.provider_prior_offers
         return (accepts + m * region_rate) / (offers + m)
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "global_eta_"):
-            raise ModelNotFittedError("FallbackModel is not fitted; call fit() or FallbackModel.load() first")
 
     def save(self, directory: Path) -> list[Path]:
         """Tables as one ``.npz`` (no pickle) and scalars as JSON under ``directory``."""

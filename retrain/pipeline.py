@@ -7,11 +7,11 @@ though labels keep arriving and being corrected.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -42,8 +42,8 @@ def data_span(data_root: Path) -> tuple[datetime, datetime]:
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: simulate or ingest data into {data_root} first")
     manifest = json.loads(path.read_text())
-    start = datetime.fromisoformat(manifest["start"]).replace(tzinfo=timezone.utc)
-    end = datetime.fromisoformat(manifest["end"]).replace(tzinfo=timezone.utc)
+    start = datetime.fromisoformat(manifest["start"]).replace(tzinfo=UTC)
+    end = datetime.fromisoformat(manifest["end"]).replace(tzinfo=UTC)
     return start, end
 
 

@@ -15,7 +15,7 @@ response), so they are attached separately, as they were known at a chosen momen
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -58,8 +58,8 @@ class TrainingSetError(RuntimeError):
 
 def _utc_bound(moment: date | datetime) -> datetime:
     if isinstance(moment, datetime):
-        return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-    return datetime.combine(moment, time.min, tzinfo=timezone.utc)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return datetime.combine(moment, time.min, tzinfo=UTC)
 
 
 def _partition_days(start: datetime, end: datetime) -> list[str]:

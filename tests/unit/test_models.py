@@ -17,11 +17,12 @@ from contracts.features import LINES_OF_BUSINESS, model_features
 from eval.calibration import expected_calibration_error
 from eval.metrics import interval_coverage, mae
 from retrain.acceptance_model import AcceptanceModel
-from retrain.eta_model import EtaModel, ModelNotFittedError, conformal_quantile
+from retrain.boosting import ModelNotFittedError
+from retrain.eta_model import EtaModel, conformal_quantile
 from retrain.fallback import FallbackModel, hour_of_week
+from retrain.job_sample import cap_rows
 from retrain.ranking import DispatchBundle
 from retrain.registry import ModelRegistry
-from retrain.job_sample import cap_rows
 from retrain.train import data_fingerprint, register_models, train_models
 
 FEATURES = model_features()
