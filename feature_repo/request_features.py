@@ -89,6 +89,70 @@ def initial_bearing_rad(lat1: np.ndarray, lon1: np.ndarray, lat2: np.ndarray, lo
     return np.arctan2(y, x)
 
 
+def rank_min_within(groups: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """1-based rank of each value within its group, ties sharing the lowest rank; NaN stays NaN.
+
+    The same as pandas ``groupby(groups).rank(method="min")``, in numpy so one job's candidates
+    can be ranked on the request path without building a DataFrame.
+    """
+    out = np.full(len(values), np.nan)
+    idx = np.nonzero(~np.isnan(values))[0]
+    if len(idx) == 0:
+        return out
+    order = idx[np.lexsort((values[idx], groups[idx]))]
+    g, v = groups[order], values[order]
+    positions = np.arange(len(order))
+    new_group = np.r_[True, g[1:] != g[:-1]]
+    new_value = new_group | np.r_[True, v[1:] != v[:-1]]
+    group_start = np.maximum.accumulate(np.where(new_group, positions, 0))
+    first_of_value = np.maximum.accumulate(np.where(new_value, positions, 0))
+    out[order] = first_of_value - group_start + 1
+    return out
+
+
+def request_feature_matrix(
+    job_group: np.ndarray,
+    job_lat: np.ndarray,
+    job_lon: np.ndarray,
+    provider_lat: np.ndarray,
+    provider_lon: np.ndarray,
+    speed_kmh: np.ndarray,
+    hour: np.ndarray,
+    weekday: np.ndarray,
+    lob_code: np.ndarray,
+    service_code: np.ndarray,
+    vehicle_code: np.ndarray,
+) -> np.ndarray:
+    """The kernel: ``REQUEST_FEATURES`` as an (n, 14) float64 matrix, columns in contract order.
+
+    ``job_group`` is an integer per row identifying its job (rank and count are within it);
+    ``hour`` and ``weekday`` are of the request time in UTC; codes are vocabulary indices (-1
+    unknown). ``compute_request_features`` (training, through Feast) and the serving path both
+    call this, so the features are computed by one piece of code.
+    """
+    distance = haversine_km(provider_lat, provider_lon, job_lat, job_lon)
+    bearing = initial_bearing_rad(provider_lat, provider_lon, job_lat, job_lon)
+    speed = np.maximum(speed_kmh, MIN_SPEED_KMH)
+    _, group_index, group_size = np.unique(job_group, return_inverse=True, return_counts=True)
+    columns = {
+        "distance_km": distance,
+        "bearing_sin": np.sin(bearing),
+        "bearing_cos": np.cos(bearing),
+        "naive_travel_min": distance / speed * 60.0,
+        "hour_of_day": hour,
+        "day_of_week": weekday,
+        "hour_sin": np.sin(2 * np.pi * hour / 24.0),
+        "hour_cos": np.cos(2 * np.pi * hour / 24.0),
+        "is_weekend": (weekday >= 5).astype(np.float64),
+        "lob_code": lob_code,
+        "service_code": service_code,
+        "vehicle_code": vehicle_code,
+        "candidate_rank_by_distance": rank_min_within(job_group, distance),
+        "n_candidates": group_size[group_index].astype(np.float64),
+    }
+    return np.column_stack([np.asarray(columns[name], dtype=np.float64) for name in REQUEST_FEATURES])
+
+
 def compute_request_features(frame: pd.DataFrame) -> pd.DataFrame:
     """``REQUEST_FEATURES`` for every row of ``frame``: one row per (job, candidate provider).
 
@@ -107,40 +171,21 @@ def compute_request_features(frame: pd.DataFrame) -> pd.DataFrame:
       value does not depend on row order.
     - ``n_candidates``: rows of the job in ``frame``.
     """
-    provider_lat = frame["provider_lat"].to_numpy(dtype=np.float64)
-    provider_lon = frame["provider_lon"].to_numpy(dtype=np.float64)
-    job_lat = frame["job_lat"].to_numpy(dtype=np.float64)
-    job_lon = frame["job_lon"].to_numpy(dtype=np.float64)
-    distance = haversine_km(provider_lat, provider_lon, job_lat, job_lon)
-    bearing = initial_bearing_rad(provider_lat, provider_lon, job_lat, job_lon)
-    speed = np.maximum(frame["speed_kmh"].to_numpy(dtype=np.float64), MIN_SPEED_KMH)
-
     ts = _timestamps(frame["request_ts"])
-    hour = ts.dt.hour.to_numpy(dtype=np.float64)
-    weekday = ts.dt.dayofweek.to_numpy(dtype=np.float64)
-
-    job = frame["job_id"]
-    distance_series = pd.Series(distance, index=frame.index)
-    out = pd.DataFrame(
-        {
-            "distance_km": distance,
-            "bearing_sin": np.sin(bearing),
-            "bearing_cos": np.cos(bearing),
-            "naive_travel_min": distance / speed * 60.0,
-            "hour_of_day": hour,
-            "day_of_week": weekday,
-            "hour_sin": np.sin(2 * np.pi * hour / 24.0),
-            "hour_cos": np.cos(2 * np.pi * hour / 24.0),
-            "is_weekend": (weekday >= 5).astype(np.float64),
-            "lob_code": _codes(frame["line_of_business"], LINES_OF_BUSINESS),
-            "service_code": _codes(frame["service_type"], SERVICE_TYPES),
-            "vehicle_code": _codes(frame["vehicle_class"], VEHICLE_CLASSES),
-            "candidate_rank_by_distance": distance_series.groupby(job.to_numpy()).rank(method="min").to_numpy(),
-            "n_candidates": job.groupby(job.to_numpy()).transform("size").to_numpy(dtype=np.float64),
-        },
-        index=frame.index,
+    matrix = request_feature_matrix(
+        job_group=pd.factorize(frame["job_id"])[0],
+        job_lat=frame["job_lat"].to_numpy(dtype=np.float64),
+        job_lon=frame["job_lon"].to_numpy(dtype=np.float64),
+        provider_lat=frame["provider_lat"].to_numpy(dtype=np.float64),
+        provider_lon=frame["provider_lon"].to_numpy(dtype=np.float64),
+        speed_kmh=frame["speed_kmh"].to_numpy(dtype=np.float64),
+        hour=ts.dt.hour.to_numpy(dtype=np.float64),
+        weekday=ts.dt.dayofweek.to_numpy(dtype=np.float64),
+        lob_code=_codes(frame["line_of_business"], LINES_OF_BUSINESS),
+        service_code=_codes(frame["service_type"], SERVICE_TYPES),
+        vehicle_code=_codes(frame["vehicle_class"], VEHICLE_CLASSES),
     )
-    return out[list(REQUEST_FEATURES)]
+    return pd.DataFrame(matrix, columns=list(REQUEST_FEATURES), index=frame.index)
 
 
 @on_demand_feature_view(
