@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.writer import COMPRESSION  # noqa: E402
+from simulator.writer import COMPRESSION
 
 FULL_WORLD = {"cells": 25_000, "regions": 40, "providers": 80_000}
 

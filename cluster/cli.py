@@ -8,9 +8,9 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -46,7 +46,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except Exception as exc:  # noqa: BLE001 - the CLI boundary is where errors become messages
+        except Exception as exc:
             if _state["debug"]:
                 raise
             console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
@@ -69,7 +69,7 @@ def progress_bar() -> Progress:
 
 @app.callback()
 def main(
-    config: Annotated[Optional[Path], typer.Option("--config", help="Settings YAML (default: embedded single machine).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Settings YAML (default: embedded single machine).")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
     _state["config"] = config
@@ -84,13 +84,14 @@ def simulate(
     events_per_day: Annotated[int, typer.Option(min=100, help="Dispatch events per day (1.2M is production).")] = 1_200_000,
     seed: Annotated[int, typer.Option(help="Same seed, same world and events.")] = 7,
     start: Annotated[str, typer.Option(help="First simulated day, YYYY-MM-DD (UTC).")] = "2026-01-01",
-    scenario: Annotated[Optional[Path], typer.Option(help="Incident scenario YAML.")] = None,
-    cells: Annotated[Optional[int], typer.Option(help="Override the world's cell count.")] = None,
-    regions: Annotated[Optional[int], typer.Option(help="Override the world's region count.")] = None,
-    providers: Annotated[Optional[int], typer.Option(help="Override the world's provider count.")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="Incident scenario YAML.")] = None,
+    cells: Annotated[int | None, typer.Option(help="Override the world's cell count.")] = None,
+    regions: Annotated[int | None, typer.Option(help="Override the world's region count.")] = None,
+    providers: Annotated[int | None, typer.Option(help="Override the world's provider count.")] = None,
 ) -> None:
     """Simulate dispatch history into date-partitioned parquet."""
-    from simulator.run import SimulationSpec, simulate as run_simulation
+    from simulator.run import SimulationSpec
+    from simulator.run import simulate as run_simulation
     from simulator.scenarios import Scenario
 
     world = _settings().world
@@ -120,7 +121,7 @@ def _utc_datetime(text: str | None) -> datetime | None:
     if text is None:
         return None
     moment = datetime.fromisoformat(text)
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
 @features_app.command("apply")
@@ -140,9 +141,9 @@ def features_apply() -> None:
 @features_app.command("materialize")
 @command
 def features_materialize(
-    end: Annotated[Optional[str], typer.Option(help="Materialize up to this UTC time (default: end of the data).")] = None,
-    start: Annotated[Optional[str], typer.Option(help="Earliest value to load (default: end minus each view's TTL).")] = None,
-    group: Annotated[Optional[list[str]], typer.Option(help="Only these feature groups (repeatable).")] = None,
+    end: Annotated[str | None, typer.Option(help="Materialize up to this UTC time (default: end of the data).")] = None,
+    start: Annotated[str | None, typer.Option(help="Earliest value to load (default: end minus each view's TTL).")] = None,
+    group: Annotated[list[str] | None, typer.Option(help="Only these feature groups (repeatable).")] = None,
 ) -> None:
     """Load the latest feature values into the online store, one feature view at a time."""
     from retrain.pipeline import data_span
@@ -169,9 +170,9 @@ def materialize_with_progress(settings: Settings, start: datetime, end: datetime
 @app.command()
 @command
 def train(
-    data: Annotated[Optional[Path], typer.Option(help="Warehouse root (default: paths.data).")] = None,
-    as_of: Annotated[Optional[str], typer.Option(help="Use labels known by this UTC time (default: end of the data).")] = None,
-    alias: Annotated[Optional[str], typer.Option(help="Point this alias (champion, challenger) at the new versions.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Warehouse root (default: paths.data).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Use labels known by this UTC time (default: end of the data).")] = None,
+    alias: Annotated[str | None, typer.Option(help="Point this alias (champion, challenger) at the new versions.")] = None,
 ) -> None:
     """Build point-in-time training sets, fit ETA/acceptance/fallback, report holdout metrics, register."""
     from retrain.pipeline import train_from_warehouse
@@ -200,7 +201,7 @@ def report_training(run: Any) -> None:
 
 @models_app.command("list")
 @command
-def models_list(family: Annotated[Optional[str], typer.Option(help="Only this family.")] = None) -> None:
+def models_list(family: Annotated[str | None, typer.Option(help="Only this family.")] = None) -> None:
     """Versions per family and where each alias points."""
     from retrain.registry import ALIASES, FAMILIES, ModelRegistry
 
@@ -229,7 +230,7 @@ def models_show(family: str, ref: Annotated[str, typer.Argument(help="Version id
 def models_alias(
     family: str,
     alias: str,
-    version: Annotated[Optional[str], typer.Argument(help="Version to point at; omit with --rollback.")] = None,
+    version: Annotated[str | None, typer.Argument(help="Version to point at; omit with --rollback.")] = None,
     rollback: Annotated[bool, typer.Option(help="Restore the alias's previous target.")] = False,
     reason: Annotated[str, typer.Option(help="Recorded in the alias history.")] = "manual",
     history: Annotated[bool, typer.Option(help="Print the alias's move history and exit.")] = False,
@@ -273,14 +274,14 @@ class _RichReporter:
 @app.command()
 @command
 def demo(
-    workdir: Annotated[Optional[Path], typer.Option(help="Demo directory, wiped first (default: <paths.root>/demo).")] = None,
+    workdir: Annotated[Path | None, typer.Option(help="Demo directory, wiped first (default: <paths.root>/demo).")] = None,
     days: Annotated[int, typer.Option(min=14, help="Days of history to simulate.")] = 60,
     events_per_day: Annotated[int, typer.Option(min=1000, help="Dispatch events per simulated day.")] = 25_000,
     cells: Annotated[int, typer.Option(min=50)] = 2_500,
     regions: Annotated[int, typer.Option(min=1)] = 12,
     providers: Annotated[int, typer.Option(min=100)] = 8_000,
     seed: Annotated[int, typer.Option()] = 7,
-    scenario: Annotated[Optional[Path], typer.Option(help="Incident scenario YAML for the simulated history.")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="Incident scenario YAML for the simulated history.")] = None,
 ) -> None:
     """Run the foundation end to end: simulate, features apply/materialize, train, register."""
     from cluster.demo import DemoOptions, run_demo

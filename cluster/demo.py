@@ -15,7 +15,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import yaml
@@ -120,7 +120,7 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
     seconds["features apply"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    start = datetime(options.start.year, options.start.month, options.start.day, tzinfo=timezone.utc)
+    start = datetime(options.start.year, options.start.month, options.start.day, tzinfo=UTC)
     end = start + timedelta(days=options.days)
     tick = report.progress("materialize", 6)
     done = [0]

@@ -24,12 +24,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
-import warnings
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -225,7 +225,7 @@ def apply(settings: Settings) -> ApplyResult:
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _selected_groups(groups: Sequence[str] | None) -> list[FeatureGroup]:

@@ -11,12 +11,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from contracts.features import FEATURE_GROUPS
 from contracts.warehouse import CELLS, PROVIDERS, REGIONS, manifest_path, world_path
@@ -73,7 +73,7 @@ class Manifest:
         manifest_path(root).write_text(json.dumps(asdict(self), indent=2, default=str))
 
     @classmethod
-    def read(cls, root: Path) -> "Manifest":
+    def read(cls, root: Path) -> Manifest:
         return cls(**json.loads(manifest_path(root).read_text()))
 
 
@@ -116,7 +116,7 @@ def simulate(spec: SimulationSpec, progress: Callable[[int, int], None] | None =
     out.mkdir(parents=True, exist_ok=True)
     world = build_world(spec.cells, spec.regions, spec.providers, spec.seed)
     _write_world(world, out)
-    sim_start = datetime(spec.start.year, spec.start.month, spec.start.day, tzinfo=timezone.utc)
+    sim_start = datetime(spec.start.year, spec.start.month, spec.start.day, tzinfo=UTC)
     start_us = int(sim_start.timestamp() * 1_000_000)
     end_us = start_us + spec.days * US_PER_DAY
     incidents = ActiveIncidents(spec.scenario, sim_start)

@@ -32,7 +32,7 @@ calibration_shift      acceptance logit + size with features unchanged
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -95,7 +95,7 @@ class Incident(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _check(self) -> "Incident":
+    def _check(self) -> Incident:
         if (self.start is None) == (self.start_day is None):
             raise ValueError(f"{self.kind}: give exactly one of start or start_day")
         if self.kind == "unit_change":
@@ -114,7 +114,7 @@ class Incident(BaseModel):
         """The incident's [start, end) in UTC."""
         start = self.start if self.start is not None else sim_start + timedelta(days=float(self.start_day or 0))
         if start.tzinfo is None:
-            start = start.replace(tzinfo=timezone.utc)
+            start = start.replace(tzinfo=UTC)
         return start, start + self.duration
 
     def affected_groups(self) -> list[str]:
@@ -132,7 +132,7 @@ class Scenario(BaseModel):
     incidents: list[Incident] = Field(default_factory=list)
 
     @classmethod
-    def load(cls, path: Path | str | None) -> "Scenario":
+    def load(cls, path: Path | str | None) -> Scenario:
         if path is None:
             return cls()
         path = Path(path)

@@ -15,7 +15,7 @@ values only, and outages drop the rows a feed would have pushed.
 from __future__ import annotations
 
 from collections import Counter
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ COMPRESSION = "zstd"
 
 
 def _day_of(us: int) -> date:
-    return (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=int(us))).date()
+    return (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=int(us))).date()
 
 
 class PartitionedWriter:

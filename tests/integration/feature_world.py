@@ -16,7 +16,7 @@ entity per day at 01:00; near-real-time groups one every 10 minutes. Holes make 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from contracts.features import FEATURE_GROUPS, LINES_OF_BUSINESS, SERVICE_TYPES, VEHICLE_CLASSES, FeatureGroup
 from contracts.warehouse import CANDIDATES, FEATURE_SCHEMAS, REQUESTS, feature_dir, partition_dir
 
-WORLD_START = datetime(2026, 3, 2, tzinfo=timezone.utc)  # a Monday
+WORLD_START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 DAYS = 4
 PROVIDERS = tuple(range(1, 21))
 CELLS = tuple(range(1, 11))

@@ -10,20 +10,13 @@ import struct
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from feast.data_source import PushMode
-
-from cluster import feature_store
-from cluster.config import Settings
-from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, model_features
-from contracts.warehouse import MEMBER_PII_COLUMNS
-from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
-from feature_repo.request_features import REQUEST_INPUTS, compute_request_features
 from feature_world import (
     DORMANT_PROVIDER,
     GAP_CELL,
@@ -35,6 +28,13 @@ from feature_world import (
     decode_event_ts,
     write_feature_world,
 )
+
+from cluster import feature_store
+from cluster.config import Settings
+from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, model_features
+from contracts.warehouse import MEMBER_PII_COLUMNS
+from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
+from feature_repo.request_features import REQUEST_INPUTS, compute_request_features
 from retrain.training_set import KEY_COLUMNS, build_training_set
 
 pytestmark = pytest.mark.integration
@@ -192,13 +192,13 @@ def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
 
 
 def test_request_features_match_hand_computation() -> None:
-    saturday_6pm = datetime(2026, 3, 7, 18, 0, tzinfo=timezone.utc)
+    saturday_6pm = datetime(2026, 3, 7, 18, 0, tzinfo=UTC)
     frame = pd.DataFrame(
         {
             "job_id": ["A", "A", "A", "B"],
             "job_lat": [0.0, 0.0, 0.0, 42.0],
             "job_lon": [1.0, 1.0, 1.0, -71.0],
-            "request_ts": [saturday_6pm] * 3 + [datetime(2026, 3, 4, 6, 0, tzinfo=timezone.utc)],
+            "request_ts": [saturday_6pm] * 3 + [datetime(2026, 3, 4, 6, 0, tzinfo=UTC)],
             "line_of_business": ["insurer", "insurer", "insurer", "martian"],
             "service_type": ["tire", "tire", "tire", None],
             "vehicle_class": ["suv", "suv", "suv", "ev"],

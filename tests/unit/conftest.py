@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
 from simulated_warehouse import SEED, Warehouse, run_simulation
+
 from simulator.scenarios import Scenario
 
 

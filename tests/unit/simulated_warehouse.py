@@ -9,7 +9,7 @@ with the same seed and compare them row by row. The fixtures in ``conftest.py`` 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,7 @@ START = date(2026, 3, 2)  # a Monday
 DAYS = 3
 EVENTS_PER_DAY = 30_000
 CELLS, REGIONS, PROVIDERS = 1_500, 6, 4_000
-SIM_START = datetime(START.year, START.month, START.day, tzinfo=timezone.utc)
+SIM_START = datetime(START.year, START.month, START.day, tzinfo=UTC)
 SIM_END = SIM_START + timedelta(days=DAYS)
 
 #: Every table the simulator writes per date, with its partition directory under the root.

@@ -190,7 +190,7 @@ def test_concurrent_alias_moves_stay_consistent(registry: ModelRegistry) -> None
         while not stop.is_set():
             try:
                 registry.alias("eta", "champion")
-            except Exception as exc:  # a torn or half-written alias file would land here
+            except Exception as exc:  # noqa: BLE001 - a torn or half-written alias file would land here
                 torn_reads.append(exc)
 
     watcher = threading.Thread(target=reader)

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
 from simulated_warehouse import SEED, Warehouse, run_simulation
 
 

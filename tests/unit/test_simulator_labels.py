@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-
 from simulated_warehouse import SIM_END, Warehouse
 
 P_MIN = 1e-3

@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from simulated_warehouse import Warehouse, scenario_of
 
 from contracts.warehouse import MEMBER_PII_COLUMNS, manifest_path, table_dir
-from simulated_warehouse import Warehouse, scenario_of
 
 STRING_PII = ("member_id", "member_name", "member_phone")
 FLOAT_PII = ("job_lat", "job_lon")

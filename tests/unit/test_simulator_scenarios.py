@@ -32,9 +32,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
-
-from cluster.config import load_settings
-from contracts.features import FEATURE_GROUPS, LINES_OF_BUSINESS
 from simulated_warehouse import (
     BATCH_TABLES,
     DAILY_TABLES,
@@ -49,6 +46,9 @@ from simulated_warehouse import (
     scenario_of,
     window,
 )
+
+from cluster.config import load_settings
+from contracts.features import FEATURE_GROUPS, LINES_OF_BUSINESS
 from simulator.scenarios import IncidentKind, Scenario
 from simulator.world import FLEET_BANDS, RATING_TIERS, TENURE_BANDS
 

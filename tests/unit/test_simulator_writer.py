@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
 from simulated_warehouse import DAYS, FEATURE_TABLES, SIM_END, START, Warehouse, partition_files
 
 HOURLY_TABLES = ("raw/requests", "dispatch/candidates", "dispatch/events")

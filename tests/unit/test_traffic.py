@@ -71,7 +71,7 @@ def test_monotone_for_any_weights_jobs_and_salt(weights: list[float], job_ids: l
 def test_a_new_salt_reshuffles_independently() -> None:
     first = [assign_arm(job, policy(challenger_weight=0.5, salt="experiment-1")) for job in JOB_IDS]
     second = [assign_arm(job, policy(challenger_weight=0.5, salt="experiment-2")) for job in JOB_IDS]
-    agreeing = sum(a == b for a, b in zip(first, second))
+    agreeing = sum(a == b for a, b in zip(first, second, strict=True))
     assert binomtest(agreeing, len(JOB_IDS), 0.5).pvalue > ALPHA  # independent halves agree half the time
 
 
