@@ -350,3 +350,27 @@ def test_redis_online_store_round_trip(world: FeatureWorld, redis_connection: st
         assert online["region_load__open_jobs"][0] is None  # not materialized: only the groups asked for
     finally:
         shutil.rmtree(feature_store.repo_path(settings), ignore_errors=True)
+
+
+def test_replica_cache_loaded_through_feast_serves_what_feast_serves(world: FeatureWorld, sqlite_store) -> None:
+    """The serving cache is filled through Feast's public online API and must agree with it,
+    value for value, including NaN for expired rows and the value's own event time."""
+    from serve_apps.features import FeatureCache, feast_loader
+
+    settings, _ = sqlite_store
+    store = feature_store.get_store(settings)
+    cache = FeatureCache(clock=lambda: world.end.timestamp())
+    load = feast_loader(store, chunk_rows=2)
+    entity_ids = {"provider": [1, 2, GAP_PROVIDER, DORMANT_PROVIDER], "cell": [GAP_CELL], "region": [(GAP_CELL - 1) % 3 + 1]}
+    for group in FEATURE_GROUPS:
+        health = cache.refresh(group, np.asarray(entity_ids[group.entity]), load)
+        assert health.available, health.last_error
+    providers = entity_ids["provider"]
+    cached = cache.lookup(np.asarray(providers), cell_id=GAP_CELL, region_id=entity_ids["region"][0])
+    online = store.get_online_features(
+        features=store.get_feature_service(FEATURE_SERVICES["eta"]),
+        entity_rows=_online_rows(world, providers, GAP_CELL, world.end),
+        full_feature_names=True,
+    ).to_df()
+    stored_columns = [c for c in model_features() if "__" in c]
+    np.testing.assert_allclose(cached.matrix, online[stored_columns].to_numpy(dtype=np.float32), rtol=1e-6, equal_nan=True)
