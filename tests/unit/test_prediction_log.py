@@ -290,6 +290,27 @@ def test_full_backlog_refuses_newest_batches_and_counts_every_row(
     assert committed_row_count(tmp_path / "log") == 98
 
 
+def test_flush_waits_for_rows_already_being_written(
+    open_writer: Callable[..., PredictionLogWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = plog._write_durably
+    writing, disk_back = threading.Event(), threading.Event()
+
+    def slow_disk(dir_fd: int, name: str, table: pa.Table) -> None:
+        writing.set()
+        assert disk_back.wait(10.0)
+        real_write(dir_fd, name, table)
+
+    monkeypatch.setattr(plog, "_write_durably", slow_disk)
+    writer = open_writer(flush_rows=6)
+    writer.append(rows("r1"))
+    assert writing.wait(5.0)  # drained: the queue is empty, the rows are in flight
+    assert not writer.flush(timeout=0.05)
+    disk_back.set()
+    assert writer.flush(timeout=5.0)
+    assert writer.snapshot().rows_written == 6
+
+
 def _recovers_exactly_once(writer: PredictionLogWriter, root: Path, broken_partition: Path, repoint: Callable[[], None]) -> None:
     """Shared body of the failing-disk tests: rows for a broken partition wait in the backlog."""
     broken_day = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
