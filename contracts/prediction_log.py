@@ -22,9 +22,13 @@ No member PII, by construction
     ``prediction_columns``) has no field that could take a raw member id, and ``to_record_batch``
     refuses any column the schema does not name, so a ``member_id`` column cannot be added on the
     way to disk. The schema is checked against ``contracts.warehouse.MEMBER_PII_COLUMNS`` on import.
-    Caveat for reviewers: the feature vector includes the provider's pushed position
-    (``provider_status__provider_lat/lon``) together with provider-to-job ``distance_km`` and
-    bearing, from which the job location can be recomputed to within metres.
+    The exact feature vector would leak the job's location indirectly: the provider's pushed
+    position (``provider_status__provider_lat/lon``) with the provider-to-job ``distance_km``
+    and bearing pins the member to within metres. ``LOCATION_QUANTA`` therefore rounds those
+    columns (and the naive travel time derived from distance) before they are logged, to a grid
+    whose combined uncertainty is a few km, the size of a cell: the log keeps what drift, skew
+    and error analysis need at cell resolution and nothing finer. Every other feature is logged
+    exactly as the model saw it.
 
 Joining late labels
     Labels (``contracts.warehouse.LABELS``) arrive minutes to days later, partitioned by the date
@@ -209,6 +213,28 @@ class ScoredCandidates:
     degradations: Sequence[Degradation] = field(default_factory=tuple)
 
 
+#: Logged precision of the features from which a job's location could be recomputed: a value is
+#: rounded to the nearest multiple. Provider position to ~2 km, distance to 1 km, bearing to ~15
+#: degrees: at a typical 10 km the triangulation error is then a few km, about one 4 km cell.
+LOCATION_QUANTA: dict[str, float] = {
+    "provider_status__provider_lat": 0.02,
+    "provider_status__provider_lon": 0.02,
+    "distance_km": 1.0,
+    "naive_travel_min": 2.0,
+    "bearing_sin": 0.25,
+    "bearing_cos": 0.25,
+}
+
+
+def coarsen_location(by_feature: np.ndarray) -> np.ndarray:
+    """``by_feature`` (features x candidates, in ``MODEL_FEATURES`` order) with the location
+    columns rounded to ``LOCATION_QUANTA``, in place."""
+    for name, quantum in LOCATION_QUANTA.items():
+        row = MODEL_FEATURES.index(name)
+        by_feature[row] = np.round(by_feature[row] / quantum) * quantum
+    return by_feature
+
+
 def prediction_columns(
     request: LoggedRequest, scored: ScoredCandidates, logged_at: datetime | None = None
 ) -> dict[str, Any]:
@@ -280,7 +306,7 @@ def prediction_columns(
     for name in GROUP_NAMES:
         columns[status_column(name)] = _per_candidate(scored.feature_status, name, n, FEATURE_STATUSES)
         columns[age_column(name)] = _per_candidate(scored.feature_age_s, name, n, None)
-    by_feature = np.array(features.T, dtype=np.float32, order="C")
+    by_feature = coarsen_location(np.array(features.T, dtype=np.float32, order="C"))
     columns.update(zip(FEATURE_COLUMNS, by_feature, strict=True))
     return columns
 

@@ -523,3 +523,20 @@ def test_an_added_pii_column_is_refused(columns: dict[str, Any], pii: str, value
         to_record_batch(columns | {pii: [value] * n})
     with pytest.raises(PredictionLogError, match="unknown"):
         to_record_batch(to_record_batch(columns).append_column(pii, pa.array([value] * n)))
+
+
+def test_logged_features_cannot_pin_a_job_location_finer_than_a_cell() -> None:
+    """Provider position + distance + bearing would triangulate the member; the log keeps them
+    only at the precision in LOCATION_QUANTA, and keeps every other feature exact."""
+    from contracts.prediction_log import LOCATION_QUANTA, MODEL_FEATURES, coarsen_location
+
+    rng = np.random.default_rng(3)
+    exact = rng.normal(size=(len(MODEL_FEATURES), 6)).astype(np.float32) * 10
+    logged = coarsen_location(exact.copy())
+    for i, name in enumerate(MODEL_FEATURES):
+        if name in LOCATION_QUANTA:
+            q = LOCATION_QUANTA[name]
+            np.testing.assert_allclose(logged[i] / q, np.round(logged[i] / q), atol=1e-3)
+            assert np.abs(logged[i] - exact[i]).max() <= q / 2 + 1e-4
+        else:
+            np.testing.assert_array_equal(logged[i], exact[i])
