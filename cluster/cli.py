@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -22,8 +23,10 @@ from cluster.config import Settings, load_settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Roadside dispatch ML: simulate, features, train, registry, demo.")
 features_app = typer.Typer(no_args_is_help=True, help="Feast feature repo: apply definitions, materialize to the online store.")
 models_app = typer.Typer(no_args_is_help=True, help="Model registry: versions and aliases.")
+serve_app = typer.Typer(no_args_is_help=True, help="The scoring service on local Ray: up, down, status.")
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
+app.add_typer(serve_app, name="serve")
 
 console = Console()
 _state: dict[str, Any] = {"debug": False, "config": None}
@@ -49,7 +52,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if _state["debug"]:
                 raise
-            console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+            console.print(f"[red]error:[/red] {escape(f'{type(exc).__name__}: {exc}')}", highlight=False)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -307,6 +310,41 @@ def demo(
     print_table("timings", ["step", "seconds"], [[k, f"{v:.1f}"] for k, v in result.seconds.items()])
     console.print(f"registry: {result.settings.paths.registry}")
     console.print(f"explore: dispatchml --config {result.config_path} models list")
+
+
+@serve_app.command("up")
+@command
+def serve_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 300.0) -> None:
+    """Start Ray (if needed) and the scoring app; return once it answers /readyz."""
+    from cluster.serve import up
+
+    with console.status("starting the scoring service"):
+        status = up(_settings(), timeout_s=timeout)
+    console.print(f"ready at {status.url}  (POST /v1/dispatch/score, GET /openapi.json, /metrics)")
+    print_table("deployments", ["deployment", "status"], [[k, v] for k, v in status.deployments.items()])
+
+
+@serve_app.command("down")
+@command
+def serve_down(keep_ray: Annotated[bool, typer.Option(help="Stop the app but leave Ray running.")] = False) -> None:
+    """Stop the scoring app (and the local Ray unless --keep-ray)."""
+    from cluster.serve import down
+
+    down(_settings(), stop_ray=not keep_ray)
+    console.print("stopped")
+
+
+@serve_app.command("status")
+@command
+def serve_status() -> None:
+    """Readiness and per-deployment status."""
+    from cluster.serve import status
+
+    st = status(_settings())
+    console.print(f"{st.url}: {'ready' if st.ready else 'not ready'} ({st.detail})")
+    print_table("deployments", ["deployment", "status"], [[k, v] for k, v in st.deployments.items()])
+    if not st.ready:
+        raise typer.Exit(1)
 
 
 def print_json(payload: Any) -> None:

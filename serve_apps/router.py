@@ -1,0 +1,416 @@
+"""The ingress: validates, routes between champion, challenger and fallback, shadows, logs.
+
+Every request gets an answer. The order of defences:
+
+1. Bad input is a 4xx naming the field and the rule (``contracts.scoring``); never a 5xx.
+2. Features come from the replica-local cache (``serve_apps.features``); the store being slow or
+   down only ages them, and ``serve_apps.scoring.feature_degradations`` turns age into a flag
+   (stale) or a switch to the fallback model (missing), per job, so one region's outage degrades
+   only that region.
+3. The chosen model is called under a deadline inside the latency budget and behind a circuit
+   breaker per arm: a failing champion costs one deadline per breaker window, then nothing.
+4. The fallback deployment answers next; if it fails too, the router's own copy of the fallback
+   model does. Each fallback is a decision: counted by reason, logged, flagged in the response.
+
+Shadow scoring runs after the response is sent, in a task of its own; its result is logged as
+``role=shadow`` and can never change or delay a response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import os
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from pydantic import ValidationError
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from cluster.config import Settings
+from contracts.features import FEATURE_GROUPS
+from contracts.prediction_log import ModelVersions, prediction_columns
+from contracts.scoring import (
+    SCORE_PATH,
+    Degradation,
+    DegradationReason,
+    RequestTimeError,
+    RequestTooLargeError,
+    parse_score_request,
+    validation_problem,
+)
+from contracts.warehouse import world_path
+from retrain.registry import ModelRegistry, RegistryError
+from serve_apps.breaker import BreakerSet, CircuitBreaker
+from serve_apps.cells import CellIndex, OutsideServiceAreaError
+from serve_apps.features import FeatureCache, feast_loader
+from serve_apps.metrics import ServingMetrics
+from serve_apps.model_server import AliasFollower, fallback_scores
+from serve_apps.openapi import ADMIN_ROLLBACK_PATH, ADMIN_TRAFFIC_PATH, RollbackRequest, TrafficChange, openapi_document
+from serve_apps.prediction_log import PredictionLogWriter
+from serve_apps.providers import ProviderDirectory
+from serve_apps.pseudonym import KeyRing
+from serve_apps.scoring import (
+    ArmScores,
+    PreparedJob,
+    distance_km,
+    feature_degradations,
+    prepare_job,
+    response_for,
+    scored_candidates,
+)
+from serve_apps.traffic import TrafficPolicy, assign_arm
+from serve_apps.traffic_state import change_traffic, live_policy, read_state, traffic_path
+
+log = logging.getLogger("ray.serve")
+
+ADMIN_TOKEN_ENV = "DISPATCHML_ADMIN_TOKEN"
+#: Deadline for a model call; the rest of the 120 ms budget is parsing, features and logging.
+MODEL_DEADLINE_S = 0.06
+FALLBACK_DEADLINE_S = 0.03
+POLICY_POLL_S = 1.0
+NRT_REFRESH_S = 5.0
+BATCH_REFRESH_S = 300.0
+
+
+def _scores(raw: dict[str, Any]) -> ArmScores:
+    return ArmScores(
+        np.asarray(raw["eta_minutes"], np.float64),
+        np.asarray(raw["eta_low"], np.float64),
+        np.asarray(raw["eta_high"], np.float64),
+        np.asarray(raw["p_accept"], np.float64),
+        np.asarray(raw["rank"], np.int64),
+    )
+
+
+def _versions(raw: dict[str, Any]) -> ModelVersions:
+    v = raw["versions"]
+    return ModelVersions(v.get("dispatch"), v.get("eta"), v.get("acceptance"))
+
+
+def problem(status: int, error: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status_code=status)
+
+
+class FeatureRefresher:
+    """Background loads of the cache: near-real-time groups every few seconds, batch every minutes."""
+
+    def __init__(self, cache: FeatureCache, settings: Settings, entity_ids: dict[str, np.ndarray], metrics: ServingMetrics) -> None:
+        self.cache, self.settings, self.entity_ids, self.metrics = cache, settings, entity_ids, metrics
+        self.loaded_once = threading.Event()
+        self._stop = threading.Event()
+        self._store = None
+
+    def _loader(self):
+        if self._store is None:
+            from cluster.feature_store import get_store
+
+            self._store = get_store(self.settings)
+        return feast_loader(self._store)
+
+    def refresh(self, cadence: str | None = None) -> None:
+        for g in FEATURE_GROUPS:
+            if cadence is not None and g.cadence != cadence:
+                continue
+            try:
+                loader = self._loader()
+            except Exception as exc:  # noqa: BLE001 - an unreachable store is recorded per group below
+                error = exc
+
+                def loader(group, ids, error=error):
+                    raise error
+
+            health = self.cache.refresh(g, self.entity_ids[g.entity], loader)
+            if not health.available:
+                self.metrics.record_feature_refresh_failure(g.name)
+
+    def start(self) -> None:
+        def run() -> None:
+            self.refresh()
+            self.loaded_once.set()
+            last_batch = time.monotonic()
+            while not self._stop.wait(NRT_REFRESH_S):
+                self.refresh("near_real_time")
+                if time.monotonic() - last_batch > BATCH_REFRESH_S:
+                    self.refresh("batch")
+                    last_batch = time.monotonic()
+
+        threading.Thread(target=run, name="feature-refresh", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@serve.deployment(max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
+class DispatchRouter:
+    def __init__(self, settings: dict[str, Any], champion, challenger, fallback, replica_tag: str | None = None) -> None:
+        self.settings = Settings.model_validate(settings)
+        paths = self.settings.paths
+        data = Path(paths.data)
+        self.cells = CellIndex.from_parquet(world_path(data, "cells"))
+        self.providers = ProviderDirectory.from_parquet(world_path(data, "providers"))
+        self.keys = KeyRing.from_env() if os.environ.get("DISPATCHML_PSEUDONYM_KEYS") or os.environ.get("DISPATCHML_PSEUDONYM_KEYS_FILE") else KeyRing.ephemeral()
+        self.metrics = ServingMetrics(price_per_cpu_second=self.settings.serving.price_per_cpu_second)
+        self.cache = FeatureCache()
+        cells_table = pq.read_table(world_path(data, "cells"), columns=["cell_id", "region_id"])
+        entity_ids = {
+            "provider": self.providers.ids,
+            "cell": cells_table.column("cell_id").to_numpy(),
+            "region": np.unique(cells_table.column("region_id").to_numpy()),
+        }
+        self.refresher = FeatureRefresher(self.cache, self.settings, entity_ids, self.metrics)
+        self.refresher.start()
+        replica = replica_tag or serve.get_replica_context().replica_tag
+        # Flush every 2 s: at most that much is at risk if a replica is killed without warning.
+        self.log = PredictionLogWriter(
+            Path(paths.root) / "prediction_log", replica_id=str(replica).replace("/", "_").replace("#", "_"), flush_seconds=2.0
+        )
+        self.registry = ModelRegistry(paths.registry)
+        self.handles = {"champion": champion, "challenger": challenger}
+        self.fallback_handle = fallback
+        self.local_fallback = AliasFollower(str(paths.registry), "fallback", "champion")
+        breaker = lambda: CircuitBreaker(failure_threshold=5, window_seconds=10, open_seconds=5, half_open_max_calls=3, slow_call_seconds=MODEL_DEADLINE_S)  # noqa: E731
+        self.breakers = BreakerSet(breaker, max_keys=16)
+        self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+        self.policy: TrafficPolicy | None = None
+        self._policy_stamp: tuple[float, int] | None = None
+        self._reload_policy()
+        self._shadow_tasks: set[asyncio.Task] = set()
+
+    # -- runtime state ---------------------------------------------------------------------------------
+
+    def _reload_policy(self) -> None:
+        path = traffic_path(self.registry.root)
+        champion = self.registry.alias("dispatch", "champion")
+        challenger = self.registry.alias("dispatch", "challenger")
+        stamp = (
+            path.stat().st_mtime if path.exists() else 0.0,
+            (champion.generation if champion else -1) * 1000 + (challenger.generation if challenger else -1),
+        )
+        if stamp != self._policy_stamp:
+            self.policy = live_policy(self.registry, read_state(self.registry.root))
+            self._policy_stamp = stamp
+            if self.policy is not None:
+                fallback = self.local_fallback.current
+                self.metrics.record_policy(
+                    self.policy.generation,
+                    self.policy.challenger_weight,
+                    {"champion": self.policy.champion, "challenger": self.policy.challenger, "fallback": fallback.version if fallback else None},
+                )
+        self._policy_checked = time.monotonic()
+
+    def _current_policy(self) -> TrafficPolicy | None:
+        if time.monotonic() - getattr(self, "_policy_checked", 0.0) > POLICY_POLL_S:
+            self._reload_policy()
+        return self.policy
+
+    # -- HTTP ----------------------------------------------------------------------------------------------
+
+    async def __call__(self, request: Request) -> Response:
+        path, method = request.url.path, request.method
+        started = time.perf_counter()
+        endpoint = path if path in (SCORE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json", ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH) else "other"
+        try:
+            if path == SCORE_PATH and method == "POST":
+                response = await self.score(request)
+            elif path == "/healthz":
+                response = Response("ok\n", media_type="text/plain")
+            elif path == "/readyz":
+                response = self.readyz()
+            elif path == "/metrics":
+                self.metrics.observe_log(dataclasses.asdict(self.log.snapshot()))
+                for dependency, breaker in self.breakers.stats().items():
+                    self.metrics.observe_breakers(dependency, [breaker.state])
+                body, content_type = self.metrics.exposition()
+                response = Response(body, media_type=content_type)
+            elif path == "/openapi.json":
+                response = JSONResponse(openapi_document())
+            elif path in (ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH) and method == "POST":
+                response = await self.admin(request, path)
+            elif path in (SCORE_PATH, ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH):
+                response = problem(405, "method_not_allowed", detail=f"{path} accepts POST")
+            else:
+                response = problem(404, "not_found", detail=f"no endpoint {path}; see /openapi.json")
+        except Exception:
+            log.exception("unhandled error on %s", path)
+            response = problem(500, "internal_error")
+        self.metrics.record_request(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    def readyz(self) -> Response:
+        problems = []
+        if not self.refresher.loaded_once.is_set():
+            problems.append("features: first load not finished")
+        if self._current_policy() is None:
+            problems.append("no dispatch@champion version")
+        if problems:
+            return Response("not ready: " + "; ".join(problems) + "\n", status_code=503, media_type="text/plain")
+        return Response("ready\n", media_type="text/plain")
+
+    async def score(self, request: Request) -> Response:
+        cpu_started = time.process_time()
+        started = time.perf_counter()
+        if "json" not in request.headers.get("content-type", "application/json"):
+            return problem(415, "unsupported_media_type", detail="send application/json")
+        body = await request.body()
+        now = datetime.now(UTC)
+        try:
+            parsed = parse_score_request(body, now)
+        except RequestTooLargeError as exc:
+            return problem(413, "request_too_large", detail=str(exc))
+        except ValidationError as exc:
+            return JSONResponse(validation_problem(exc), status_code=422)
+        except RequestTimeError as exc:
+            return problem(422, "invalid_request", problems=[{"field": "requested_at", "rule": str(exc)}])
+        except ValueError as exc:
+            return problem(400, "malformed_json", detail=str(exc)[:200])
+        request_id = uuid.uuid4().hex
+        try:
+            job = prepare_job(parsed, request_id, self.cells, self.cache, self.providers, self.keys, now.timestamp())
+        except OutsideServiceAreaError as exc:
+            return problem(422, "invalid_request", problems=[{"field": "location", "rule": str(exc)}])
+
+        use_fallback, degradations = feature_degradations(job.features)
+        policy = self._current_policy()
+        arm = assign_arm(job.job_id, policy) if policy is not None else "champion"
+        raw: dict[str, Any] | None = None
+        if policy is None:
+            degradations.append(Degradation(component="dispatch_model", reason=DegradationReason.MODEL_ERROR, detail="no champion registered"))
+        elif not use_fallback:
+            raw = await self._call_model(arm, job, degradations)
+        served_arm = arm
+        if raw is None:
+            served_arm = "fallback"
+            reason = degradations[-1].reason.value if degradations else "features"
+            self.metrics.record_fallback(reason)
+            raw = await self._fallback(job, degradations)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        scores, versions = _scores(raw), _versions(raw)
+        response = response_for(job, served_arm, versions, scores, degradations)
+        self._log(job, "served", served_arm, versions, scores, latency_ms, degradations)
+        self._record(served_arm, versions, scores, degradations, job)
+        if policy is not None and served_arm == "champion" and policy.shadows(arm):
+            task = asyncio.get_running_loop().create_task(self._shadow(job))
+            self._shadow_tasks.add(task)
+            task.add_done_callback(self._shadow_tasks.discard)
+        self.metrics.record_cpu(time.process_time() - cpu_started)
+        return Response(response.model_dump_json(), media_type="application/json")
+
+    async def _call_model(self, arm: str, job: PreparedJob, degradations: list[Degradation]) -> dict[str, Any] | None:
+        breaker = self.breakers.get(arm)
+        if not breaker.allow():
+            self.metrics.record_breaker_rejection(arm)
+            degradations.append(Degradation(component=f"{arm}_model", reason=DegradationReason.BREAKER_OPEN, detail=f"{arm} breaker open"))
+            return None
+        started = time.perf_counter()
+        try:
+            raw = await asyncio.wait_for(self.handles[arm].score.remote(job.matrix), timeout=MODEL_DEADLINE_S)
+        except TimeoutError:
+            breaker.record_failure()
+            degradations.append(Degradation(component=f"{arm}_model", reason=DegradationReason.MODEL_TIMEOUT, detail=f"{arm} exceeded {MODEL_DEADLINE_S * 1000:.0f} ms"))
+            return None
+        except Exception as exc:  # noqa: BLE001 - any model failure means "answer from the fallback"
+            breaker.record_failure()
+            degradations.append(Degradation(component=f"{arm}_model", reason=DegradationReason.MODEL_ERROR, detail=type(exc).__name__))
+            return None
+        breaker.record_success(time.perf_counter() - started)
+        return raw
+
+    async def _fallback(self, job: PreparedJob, degradations: list[Degradation]) -> dict[str, Any]:
+        args = (job.cell_id, job.region_id, job.hour_of_week, job.provider_ids, distance_km(job))
+        breaker = self.breakers.get("fallback")
+        if breaker.allow():
+            started = time.perf_counter()
+            try:
+                raw = await asyncio.wait_for(self.fallback_handle.score.remote(*args), timeout=FALLBACK_DEADLINE_S)
+                breaker.record_success(time.perf_counter() - started)
+                return raw
+            except Exception as exc:  # noqa: BLE001 - the in-process copy below is the last resort
+                breaker.record_failure()
+                degradations.append(Degradation(component="fallback_model", reason=DegradationReason.MODEL_ERROR, detail=type(exc).__name__))
+        current = self.local_fallback.current
+        if current is None:
+            raise RuntimeError("no fallback model available in the registry")
+        return fallback_scores(current, *args)
+
+    async def _shadow(self, job: PreparedJob) -> None:
+        started = time.perf_counter()
+        try:
+            raw = await asyncio.wait_for(self.handles["challenger"].score.remote(job.matrix), timeout=MODEL_DEADLINE_S * 4)
+        except Exception as exc:  # noqa: BLE001 - shadow failures are counted, never surfaced
+            self.metrics.record_shadow("unknown", "timeout" if isinstance(exc, TimeoutError) else "error")
+            return
+        scores, versions = _scores(raw), _versions(raw)
+        self._log(job, "shadow", "challenger", versions, scores, (time.perf_counter() - started) * 1000.0, [])
+        self.metrics.record_shadow(versions.dispatch or "unknown", "ok")
+
+    def _record(self, arm: str, versions: ModelVersions, scores: ArmScores, degradations: list[Degradation], job: PreparedJob) -> None:
+        self.metrics.record_scored(arm, versions.dispatch or versions.eta or "none", job.region_id)
+        top = int(np.argmin(scores.rank))
+        self.metrics.record_prediction(arm, float(scores.eta_minutes[top]), float(scores.p_accept[top]))
+        for reason in {d.reason.value for d in degradations}:
+            self.metrics.record_degraded(reason)
+        n_features = {g.name: len(g.features) for g in FEATURE_GROUPS}
+        offset = 0
+        for name, ages in job.features.age_s.items():
+            block = job.matrix[:, offset : offset + n_features[name]]
+            offset += n_features[name]
+            max_age = float(np.nanmax(ages)) if np.isfinite(ages).any() else float("nan")
+            self.metrics.record_features(name, max_age, int(np.isnan(block).sum()), int(block.size))
+
+    def _log(self, job: PreparedJob, role: str, arm: str, versions: ModelVersions, scores: ArmScores, latency_ms: float, degradations: list[Degradation]) -> None:
+        columns = prediction_columns(job.logged_request(), scored_candidates(job, role, arm, versions, scores, latency_ms, degradations))
+        self.log.append(columns)
+
+    # -- admin --------------------------------------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> Response | None:
+        if self.admin_token is None:
+            return problem(403, "admin_disabled", detail=f"set {ADMIN_TOKEN_ENV} on the serving processes to enable admin actions")
+        supplied = request.headers.get("authorization", "")
+        expected = f"Bearer {self.admin_token}"
+        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+            return problem(401, "unauthorized", detail="missing or wrong admin token")
+        return None
+
+    async def admin(self, request: Request, path: str) -> Response:
+        denied = self._authorised(request)
+        if denied is not None:
+            return denied
+        body = await request.body()
+        try:
+            if path == ADMIN_TRAFFIC_PATH:
+                change = TrafficChange.model_validate_json(body or b"{}")
+                state = await asyncio.to_thread(
+                    change_traffic, self.registry.root, challenger_weight=change.challenger_weight, shadow=change.shadow,
+                    canary=change.canary, changed_by="admin-api", reason=change.reason,
+                )
+                self._reload_policy()
+                return JSONResponse({"generation": state.generation, "challenger_weight": state.challenger_weight, "shadow": state.shadow, "canary_step": state.canary_step})
+            rollback = RollbackRequest.model_validate_json(body or b"{}")
+            record = await asyncio.to_thread(self.registry.rollback, rollback.family, rollback.alias, moved_by="admin-api", reason=rollback.reason)
+            self._reload_policy()
+            return JSONResponse({"family": record.family, "alias": record.alias, "version": record.version, "previous_version": record.previous_version})
+        except ValidationError as exc:
+            return JSONResponse(validation_problem(exc), status_code=422)
+        except RegistryError as exc:
+            return problem(409, "conflict", detail=str(exc))
+        except ValueError as exc:
+            return problem(422, "invalid_change", detail=str(exc))
+
+    def __del__(self) -> None:
+        try:
+            self.refresher.stop()
+            self.log.close(timeout=10)
+        except Exception:  # noqa: BLE001 - best effort at teardown
+            pass

@@ -1,0 +1,121 @@
+"""Where the live traffic split is kept: ``<registry>/dispatch/traffic.json``, beside the aliases.
+
+The registry aliases say *which* versions are champion and challenger; this file says *how much*
+traffic the challenger gets, whether it shadows, and where the canary ramp stands. Both are
+files every router replica polls (a stat per second), so a change made through the admin API,
+the CLI or the release policy reaches all replicas without a restart, survives restarts, and is
+written atomically (temp file + ``os.replace``) with a generation number for audit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from retrain.registry import ModelRegistry
+from serve_apps.traffic import TrafficPolicy
+
+TRAFFIC_FILE = "traffic.json"
+DEFAULT_CANARY_STEPS = (0.05, 0.25, 0.5)
+
+
+@dataclass
+class TrafficState:
+    challenger_weight: float = 0.0
+    shadow: bool = True
+    canary_steps: tuple[float, ...] = DEFAULT_CANARY_STEPS
+    canary_step: int | None = None
+    generation: int = 0
+    changed_at: str = ""
+    changed_by: str = ""
+    reason: str = ""
+    history: list[dict] = field(default_factory=list)
+
+
+def traffic_path(registry_root: Path | str) -> Path:
+    return Path(registry_root) / "dispatch" / TRAFFIC_FILE
+
+
+def read_state(registry_root: Path | str) -> TrafficState:
+    path = traffic_path(registry_root)
+    if not path.exists():
+        return TrafficState()
+    raw = json.loads(path.read_text())
+    raw["canary_steps"] = tuple(raw.get("canary_steps", DEFAULT_CANARY_STEPS))
+    return TrafficState(**raw)
+
+
+def write_state(registry_root: Path | str, state: TrafficState) -> None:
+    path = traffic_path(registry_root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".traffic-", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(asdict(state), handle, indent=2)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def live_policy(registry: ModelRegistry, state: TrafficState) -> TrafficPolicy | None:
+    """The policy the router applies now: alias targets plus the stored split; None with no champion."""
+    champion = registry.alias("dispatch", "champion")
+    if champion is None:
+        return None
+    challenger = registry.alias("dispatch", "challenger")
+    challenger_version = challenger.version if challenger and challenger.version != champion.version else None
+    if challenger_version is None:
+        return TrafficPolicy(champion=champion.version, generation=state.generation)
+    return TrafficPolicy(
+        champion=champion.version,
+        challenger=challenger_version,
+        challenger_weight=state.challenger_weight,
+        shadow=state.shadow,
+        canary_steps=state.canary_steps,
+        canary_step=state.canary_step,
+        generation=state.generation,
+    )
+
+
+def change_traffic(
+    registry_root: Path | str,
+    *,
+    challenger_weight: float | None = None,
+    shadow: bool | None = None,
+    canary: str | None = None,
+    changed_by: str,
+    reason: str,
+) -> TrafficState:
+    """Apply a change, validated against the live aliases, and persist it; raises ValueError."""
+    registry = ModelRegistry(registry_root)
+    state = read_state(registry_root)
+    policy = live_policy(registry, state)
+    if policy is None:
+        raise ValueError("dispatch@champion is not set; register and promote a version first")
+    if canary == "advance":
+        policy = policy.advance()
+    elif canary == "rollback":
+        policy = policy.rollback()
+    elif canary is not None:
+        raise ValueError(f"canary must be 'advance' or 'rollback', got {canary!r}")
+    update: dict = {}
+    if challenger_weight is not None:
+        update.update(challenger_weight=challenger_weight, canary_step=None)
+    if shadow is not None:
+        update["shadow"] = shadow
+    if update:
+        policy = TrafficPolicy.model_validate({**policy.model_dump(), **update})
+    previous = asdict(state)
+    previous.pop("history", None)
+    state.history = [*state.history[-49:], previous]
+    state.challenger_weight = policy.challenger_weight
+    state.shadow = policy.shadow
+    state.canary_step = policy.canary_step
+    state.generation += 1
+    state.changed_at = datetime.now(UTC).isoformat()
+    state.changed_by, state.reason = changed_by, reason
+    write_state(registry_root, state)
+    return state
