@@ -15,8 +15,8 @@ lookup classifies each (candidate, group) as
 - ``stale``: older than that but within the TTL; served as last-known-good, flagged;
 - ``missing``: no value, or older than the TTL; NaN, exactly as Feast (and so training) would
   give, and flagged;
-- ``store_unavailable``: the last refresh of this group failed and the value is not ``ok``;
-  still served from the last-known-good copy, flagged with the reason.
+- ``store_unavailable``: the last refresh of this group failed; the value (within its TTL) is
+  served from the last-known-good copy and flagged with the reason.
 
 When the store is down the cache keeps serving what it has; nothing here raises into a request.
 """
@@ -197,7 +197,8 @@ class FeatureCache:
             values[expired] = np.nan
             code = np.where(expired, FeatureStatus.MISSING, np.where(age_us > int(g.freshness_limit.total_seconds() * US), FeatureStatus.STALE, FeatureStatus.OK))
             if not self.health[g.name].available:
-                code = np.where(code == FeatureStatus.OK, code, FeatureStatus.STORE_UNAVAILABLE)
+                # Served from the last-known-good copy while the store is down: usable, flagged.
+                code = np.where(code == FeatureStatus.MISSING, code, FeatureStatus.STORE_UNAVAILABLE)
             blocks.append(values)
             status[g.name] = code.astype(np.int8)
             ages[g.name] = np.where(event_us >= 0, age_us / US, np.nan).astype(np.float32)
@@ -212,6 +213,32 @@ class EntityCatalogue:
 
     def of(self, entity: str) -> np.ndarray:
         return self.ids.get(entity, np.zeros(0, np.int64))
+
+
+def with_deadline(loader: Loader, seconds: float) -> Loader:
+    """``loader`` that gives up after ``seconds``: a slow store then counts as down.
+
+    Store clients retry and wait on connection timeouts far longer than a refresh period, which
+    would leave the cache silently ageing. The call runs on one worker thread per group; if it
+    overruns, ``TimeoutError`` is raised (recorded by ``FeatureCache.refresh``) and the next
+    refresh waits on the same call rather than piling up new ones.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    pool = ThreadPoolExecutor(max_workers=len(FEATURE_GROUPS), thread_name_prefix="feature-load")
+    pending: dict[str, object] = {}
+
+    def load(group: FeatureGroup, entity_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        future = pending.get(group.name)
+        if future is None or future.done():
+            future = pending[group.name] = pool.submit(loader, group, entity_ids)
+        try:
+            return future.result(timeout=seconds)
+        except FutureTimeout:
+            raise TimeoutError(f"feature store did not answer for {group.name} within {seconds:.1f} s") from None
+
+    return load
 
 
 def feast_loader(store: FeatureStore, chunk_rows: int = 20_000) -> Loader:

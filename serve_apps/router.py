@@ -53,7 +53,7 @@ from contracts.warehouse import world_path
 from retrain.registry import ModelRegistry, RegistryError
 from serve_apps.breaker import BreakerSet, CircuitBreaker
 from serve_apps.cells import CellIndex, OutsideServiceAreaError
-from serve_apps.features import FeatureCache, feast_loader
+from serve_apps.features import FeatureCache, feast_loader, with_deadline
 from serve_apps.metrics import ServingMetrics
 from serve_apps.model_server import AliasFollower, fallback_scores
 from serve_apps.openapi import ADMIN_ROLLBACK_PATH, ADMIN_TRAFFIC_PATH, RollbackRequest, TrafficChange, openapi_document
@@ -81,6 +81,8 @@ FALLBACK_DEADLINE_S = 0.03
 POLICY_POLL_S = 1.0
 NRT_REFRESH_S = 5.0
 BATCH_REFRESH_S = 300.0
+#: A refresh that takes longer than this marks the group's store as unavailable.
+REFRESH_DEADLINE_S = 3.0
 
 
 def _scores(raw: dict[str, Any]) -> ArmScores:
@@ -116,7 +118,8 @@ class FeatureRefresher:
             from cluster.feature_store import get_store
 
             self._store = get_store(self.settings)
-        return feast_loader(self._store)
+            self._load = with_deadline(feast_loader(self._store), REFRESH_DEADLINE_S)
+        return self._load
 
     def refresh(self, cadence: str | None = None) -> None:
         for g in FEATURE_GROUPS:

@@ -6,11 +6,12 @@ The degradation policy (what the response says and which model answers) is decid
 each feature group's status for the job:
 
 - a near-real-time group the job cannot do without (``cell_traffic`` and ``region_load`` for the
-  job's cell/region, ``provider_status`` for most candidates) ``missing`` or
-  ``store_unavailable`` past its TTL -> the **fallback model**, which needs no online features:
-  a model fed a whole group of NaNs it rarely saw in training is worse than a simple, known one;
-- any group ``stale`` (older than its freshness limit, within its TTL) -> the champion on
-  last-known-good values, flagged degraded with the reason;
+  job's cell/region, ``provider_status`` for most candidates) ``missing`` (no value within its
+  TTL) -> the **fallback model**, which needs no online features: a model fed a whole group of
+  NaNs it rarely saw in training is worse than a simple, known one;
+- any group ``stale`` (older than its freshness limit, within its TTL) or ``store_unavailable``
+  (the store is down; values within their TTL come from the last-known-good copy) -> the
+  champion on those values, flagged degraded with the reason;
 - batch groups missing for a few candidates (providers onboarded since the last daily run) are
   normal and were normal in training: not a degradation.
 """
@@ -153,7 +154,7 @@ def feature_degradations(features: CandidateFeatures) -> tuple[bool, list[Degrad
     use_fallback = False
     for g in REQUIRED_LIVE_GROUPS:
         codes = features.status[g.name]
-        unusable = (codes == FeatureStatus.MISSING) | (codes == FeatureStatus.STORE_UNAVAILABLE)
+        unusable = codes == FeatureStatus.MISSING
         share = float(unusable.mean()) if len(codes) else 1.0
         if (g.entity == "provider" and share > MAX_MISSING_PROVIDER_SHARE) or (g.entity != "provider" and share > 0):
             use_fallback = True

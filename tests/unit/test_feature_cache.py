@@ -71,8 +71,9 @@ def test_store_failure_keeps_last_known_good_and_flags_it() -> None:
     assert found.status["cell_traffic"][0] == FeatureStatus.STORE_UNAVAILABLE
     start = sum(len(g.features) for g in FEATURE_GROUPS[:3])
     assert found.matrix[0, start] == 9.0  # last-known-good value still served
+    clock[0] = NOW  # even a fresh value is flagged while the store is down
+    assert cache.lookup(np.array([0]), cell_id=4, region_id=0).status["cell_traffic"][0] == FeatureStatus.STORE_UNAVAILABLE
     cache.refresh(CELL_TRAFFIC, np.arange(1), _loader_returning(_rows([4], 10.0, timedelta(0), len(CELL_TRAFFIC.features))))
-    clock[0] = NOW
     assert cache.lookup(np.array([0]), cell_id=4, region_id=0).status["cell_traffic"][0] == FeatureStatus.OK
 
 
@@ -92,3 +93,22 @@ def test_degraded_groups_report_the_worst_status(cache: FeatureCache) -> None:
     worst = found.degraded_groups()
     assert worst["provider_batch"] == FeatureStatus.MISSING
     assert set(worst) == {g.name for g in FEATURE_GROUPS}
+
+
+def test_a_store_that_hangs_counts_as_down_after_the_deadline() -> None:
+    import threading
+
+    from serve_apps.features import with_deadline
+
+    release = threading.Event()
+
+    def hanging(group, ids):
+        release.wait(5)
+        return _rows([1], 2.0, timedelta(0), len(group.features))
+
+    cache = FeatureCache(clock=lambda: NOW)
+    health = cache.refresh(CELL_TRAFFIC, np.arange(1), with_deadline(hanging, 0.05))
+    assert not health.available and "within" in (health.last_error or "")
+    release.set()
+    health = cache.refresh(CELL_TRAFFIC, np.arange(1), with_deadline(lambda g, i: _rows([1], 2.0, timedelta(0), len(g.features)), 1.0))
+    assert health.available
