@@ -10,6 +10,7 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 
 need_apt=()
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then

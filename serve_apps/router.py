@@ -51,6 +51,7 @@ from contracts.scoring import (
 )
 from contracts.warehouse import world_path
 from retrain.registry import ModelRegistry, RegistryError
+from serve_apps.batching import HandleBatcher
 from serve_apps.breaker import BreakerSet, CircuitBreaker
 from serve_apps.cells import CellIndex, OutsideServiceAreaError
 from serve_apps.features import FeatureCache, feast_loader, with_deadline
@@ -180,6 +181,7 @@ class DispatchRouter:
         )
         self.registry = ModelRegistry(paths.registry)
         self.handles = {"champion": champion, "challenger": challenger}
+        self.batchers = {arm: HandleBatcher(handle.score_batch.remote) for arm, handle in self.handles.items()}
         self.fallback_handle = fallback
         self.local_fallback = AliasFollower(str(paths.registry), "fallback", "champion")
         breaker = lambda: CircuitBreaker(failure_threshold=5, window_seconds=10, open_seconds=5, half_open_max_calls=3, slow_call_seconds=MODEL_DEADLINE_S)  # noqa: E731
@@ -317,7 +319,7 @@ class DispatchRouter:
             return None
         started = time.perf_counter()
         try:
-            raw = await asyncio.wait_for(self.handles[arm].score.remote(job.matrix), timeout=MODEL_DEADLINE_S)
+            raw = await asyncio.wait_for(self.batchers[arm].submit(job.matrix), timeout=MODEL_DEADLINE_S)
         except TimeoutError:
             breaker.record_failure()
             degradations.append(Degradation(component=f"{arm}_model", reason=DegradationReason.MODEL_TIMEOUT, detail=f"{arm} exceeded {MODEL_DEADLINE_S * 1000:.0f} ms"))
@@ -349,7 +351,7 @@ class DispatchRouter:
     async def _shadow(self, job: PreparedJob) -> None:
         started = time.perf_counter()
         try:
-            raw = await asyncio.wait_for(self.handles["challenger"].score.remote(job.matrix), timeout=MODEL_DEADLINE_S * 4)
+            raw = await asyncio.wait_for(self.batchers["challenger"].submit(job.matrix), timeout=MODEL_DEADLINE_S * 4)
         except Exception as exc:  # noqa: BLE001 - shadow failures are counted, never surfaced
             self.metrics.record_shadow("unknown", "timeout" if isinstance(exc, TimeoutError) else "error")
             return
