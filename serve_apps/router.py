@@ -374,7 +374,7 @@ class DispatchRouter:
             self.metrics.record_features(name, max_age, int(np.isnan(block).sum()), int(block.size))
 
     def _log(self, job: PreparedJob, role: str, arm: str, versions: ModelVersions, scores: ArmScores, latency_ms: float, degradations: list[Degradation]) -> None:
-        columns = prediction_columns(job.logged_request(), scored_candidates(job, role, arm, versions, scores, latency_ms, degradations))
+        columns = prediction_columns(job.request, scored_candidates(job, role, arm, versions, scores, latency_ms, degradations))
         self.log.append(columns)
 
     # -- admin --------------------------------------------------------------------------------------------

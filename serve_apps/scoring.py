@@ -19,7 +19,7 @@ each feature group's status for the job:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 
 import numpy as np
 
@@ -54,40 +54,32 @@ _STATUS_REASON = {
 class PreparedJob:
     """Everything scoring and logging need, with the member already pseudonymised.
 
-    Holds no member PII: coordinates were used for the request features and dropped.
+    ``request`` is the log's PII-free view of the job (``contracts.prediction_log.LoggedRequest``);
+    coordinates were used for the request features and dropped.
     """
 
-    request_id: str
-    job_id: str
-    requested_at: datetime
-    cell_id: int
-    region_id: int
-    line_of_business: str
-    service_type: str
-    vehicle_class: str
-    hour_of_day: int
+    request: LoggedRequest
     hour_of_week: int
     provider_ids: np.ndarray
     provider_cohorts: list[str]
     matrix: np.ndarray
     features: CandidateFeatures
-    member_pseudonym: str
-    pseudonym_key_id: str
 
-    def logged_request(self) -> LoggedRequest:
-        return LoggedRequest(
-            request_id=self.request_id,
-            job_id=self.job_id,
-            requested_at=self.requested_at,
-            member_pseudonym=self.member_pseudonym,
-            pseudonym_key_id=self.pseudonym_key_id,
-            cell_id=self.cell_id,
-            region_id=self.region_id,
-            line_of_business=self.line_of_business,
-            service_type=self.service_type,
-            vehicle_class=self.vehicle_class,
-            hour_of_day=self.hour_of_day,
-        )
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def job_id(self) -> str:
+        return self.request.job_id
+
+    @property
+    def cell_id(self) -> int:
+        return self.request.cell_id
+
+    @property
+    def region_id(self) -> int:
+        return self.request.region_id
 
 
 def _code(value: str, vocabulary: tuple[str, ...]) -> float:
@@ -128,23 +120,26 @@ def prepare_job(
     )
     matrix = np.concatenate([stored.matrix, request_block.astype(np.float32)], axis=1)
     key_id, pseudonym = keys.pseudonymize(request.member.member_id)
-    return PreparedJob(
+    logged = LoggedRequest(
         request_id=request_id,
         job_id=request.job_id,
         requested_at=request.requested_at,
+        member_pseudonym=pseudonym,
+        pseudonym_key_id=key_id,
         cell_id=cell_id,
         region_id=region_id,
         line_of_business=request.line_of_business,
         service_type=request.service_type,
         vehicle_class=request.vehicle.vehicle_class,
         hour_of_day=hour,
+    )
+    return PreparedJob(
+        request=logged,
         hour_of_week=weekday * 24 + hour,
         provider_ids=provider_ids,
         provider_cohorts=providers.cohorts(provider_ids),
         matrix=matrix,
         features=stored,
-        member_pseudonym=pseudonym,
-        pseudonym_key_id=key_id,
     )
 
 
