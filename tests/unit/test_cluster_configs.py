@@ -22,3 +22,12 @@ def test_cluster_settings_select_redis_and_shared_roots() -> None:
     settings = load_settings(ROOT / "cluster" / "cluster.yaml", environ={})
     assert settings.features.online_store == "redis"
     assert str(settings.paths.registry).startswith("/mnt/")
+
+
+def test_serve_config_passes_serves_schema_and_names_the_app_builder() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((ROOT / "cluster" / "serve_config.yaml").read_text()))
+    (app,) = config.applications
+    assert app.import_path == "serve_apps.app:app_builder"
+    assert {d["name"] if isinstance(d, dict) else d.name for d in app.deployments} == {"router", "champion", "challenger", "fallback"}
