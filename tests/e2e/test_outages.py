@@ -14,12 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
-from test_serving import ADMIN_TOKEN, PSEUDONYM_KEYS, App, _cli, _free_port, _push_live_features
-
-from cluster.config import load_settings
-from contracts.warehouse import world_path
+from test_serving import ADMIN_TOKEN, PSEUDONYM_KEYS, App, _cli, _free_port, _push_live_features, build_demo_world, live_cell
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -54,15 +50,10 @@ def redis_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[App, d
     env = {**os.environ, "COLUMNS": "200", "DISPATCHML_ADMIN_TOKEN": ADMIN_TOKEN, "DISPATCHML_PSEUDONYM_KEYS": PSEUDONYM_KEYS,
            "DISPATCHML__SERVING__PORT": str(_free_port()), "DISPATCHML__FEATURES__ONLINE_STORE": "redis",
            "DISPATCHML__FEATURES__REDIS_CONNECTION": f"127.0.0.1:{port}"}
-    demo = _cli(env, "demo", "--workdir", str(workdir), "--days", "21", "--events-per-day", "15000",
-                "--cells", "900", "--regions", "4", "--providers", "3000")
-    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    settings = build_demo_world(workdir, env)
     config = workdir / "dispatchml.yaml"
-    env["DISPATCHML_CONFIG"] = str(config)
-    settings = load_settings(config, environ=env)
     assert settings.features.online_store == "redis"
-    table = pd.read_parquet(world_path(settings.paths.data, "cells"))
-    live = table[table.region_id == 0].iloc[len(table[table.region_id == 0]) // 2]
+    live = live_cell(settings)
     providers = list(range(10, 16))
     state["push"] = lambda: _push_live_features(settings, int(live.cell_id), 0, providers, float(live.center_lat), float(live.center_lon))
     state["push"]()

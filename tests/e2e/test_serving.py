@@ -116,22 +116,33 @@ def _push_live_features(settings: Settings, cell: int, region: int, providers: l
     push("provider_status", providers, {"provider_lat": lat + np.arange(len(providers)) * 0.01, "provider_lon": lon, "queue_depth": 0.0, "on_shift": 1.0})
 
 
+def build_demo_world(workdir: Path, env: dict[str, str]) -> Settings:
+    """A small trained world (the demo, shrunk); ``env`` is pointed at its settings file."""
+    demo = _cli(env, "demo", "--workdir", str(workdir), "--days", "21", "--events-per-day", "15000",
+                "--cells", "900", "--regions", "4", "--providers", "3000")
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    env["DISPATCHML_CONFIG"] = str(workdir / "dispatchml.yaml")
+    return load_settings(workdir / "dispatchml.yaml", environ=env)
+
+
+def live_cell(settings: Settings) -> pd.Series:
+    """A cell in the middle of region 0, where the tests push live features."""
+    table = pd.read_parquet(world_path(settings.paths.data, "cells"))
+    region = table[table.region_id == 0]
+    return region.iloc[len(region) // 2]
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[App]:
     workdir = tmp_path_factory.mktemp("serving")
     env = {**os.environ, "COLUMNS": "200", "DISPATCHML_ADMIN_TOKEN": ADMIN_TOKEN, "DISPATCHML_PSEUDONYM_KEYS": PSEUDONYM_KEYS,
            "DISPATCHML__SERVING__PORT": str(_free_port())}
-    demo = _cli(env, "demo", "--workdir", str(workdir), "--days", "21", "--events-per-day", "15000",
-                "--cells", "900", "--regions", "4", "--providers", "3000")
-    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+    settings = build_demo_world(workdir, env)
     config = workdir / "dispatchml.yaml"
-    env["DISPATCHML_CONFIG"] = str(config)
-    settings = load_settings(config, environ=env)
-    registry = ModelRegistry(settings.paths.registry)
-    _register_challenger(registry)
+    _register_challenger(ModelRegistry(settings.paths.registry))
     cells = CellIndex.from_parquet(world_path(settings.paths.data, "cells"))
     table = pd.read_parquet(world_path(settings.paths.data, "cells"))
-    live = table[table.region_id == 0].iloc[len(table[table.region_id == 0]) // 2]
+    live = live_cell(settings)
     dead = table[table.region_id == table.region_id.max()].iloc[0]
     providers = list(range(10, 16))
     assert cells.locate(float(live.center_lat), float(live.center_lon)) == (int(live.cell_id), 0)
