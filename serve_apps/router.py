@@ -380,7 +380,8 @@ class DispatchRouter:
                 return raw
             except Exception as exc:  # noqa: BLE001 - the in-process copy below is the last resort
                 breaker.record_failure()
-                degradations.append(Degradation(component="fallback_model", reason=DegradationReason.MODEL_ERROR, detail=type(exc).__name__))
+                reason = DegradationReason.MODEL_TIMEOUT if isinstance(exc, TimeoutError) else DegradationReason.MODEL_ERROR
+                degradations.append(Degradation(component="fallback_model", reason=reason, detail=type(exc).__name__))
         current = self.local_fallback.current
         if current is None:
             raise RuntimeError("no fallback model available in the registry")
