@@ -83,6 +83,15 @@ POLICY_POLL_S = 1.0
 NRT_REFRESH_S = 5.0
 NRT_FULL_REFRESH_S = 60.0
 BATCH_REFRESH_S = 300.0
+def _group_columns() -> dict[str, slice]:
+    """Each stored group's columns in the model matrix (groups first, in catalogue order)."""
+    bounds = np.cumsum([0, *(len(g.features) for g in FEATURE_GROUPS)])
+    return {g.name: slice(int(a), int(b)) for g, a, b in zip(FEATURE_GROUPS, bounds[:-1], bounds[1:], strict=True)}
+
+
+#: Computed once, not per request.
+GROUP_COLUMNS = _group_columns()
+
 #: A refresh that takes longer than this marks the group's store as unavailable.
 REFRESH_DEADLINE_S = 3.0
 
@@ -404,11 +413,8 @@ class DispatchRouter:
         self.metrics.record_prediction(arm, float(scores.eta_minutes[top]), float(scores.p_accept[top]))
         for reason in {d.reason.value for d in degradations}:
             self.metrics.record_degraded(reason)
-        n_features = {g.name: len(g.features) for g in FEATURE_GROUPS}
-        offset = 0
         for name, ages in job.features.age_s.items():
-            block = job.matrix[:, offset : offset + n_features[name]]
-            offset += n_features[name]
+            block = job.matrix[:, GROUP_COLUMNS[name]]
             max_age = float(np.nanmax(ages)) if np.isfinite(ages).any() else float("nan")
             self.metrics.record_features(name, max_age, int(np.isnan(block).sum()), int(block.size))
 
