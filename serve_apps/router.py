@@ -111,6 +111,15 @@ def _versions(raw: dict[str, Any]) -> ModelVersions:
     return ModelVersions(v.get("dispatch"), v.get("eta"), v.get("acceptance"))
 
 
+#: Methods per endpoint; anything else is a 405 with an ``Allow`` header.
+_ALLOWED_METHODS: dict[str, tuple[str, ...]] = {
+    SCORE_PATH: ("POST",),
+    ADMIN_TRAFFIC_PATH: ("POST",),
+    ADMIN_ROLLBACK_PATH: ("POST",),
+    **{path: ("GET", "HEAD") for path in ("/healthz", "/readyz", "/metrics", "/openapi.json")},
+}
+
+
 def problem(status: int, error: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, **extra}, status_code=status)
 
@@ -270,9 +279,14 @@ class DispatchRouter:
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path, request.method
         started = time.perf_counter()
-        endpoint = path if path in (SCORE_PATH, "/healthz", "/readyz", "/metrics", "/openapi.json", ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH) else "other"
+        endpoint = path if path in _ALLOWED_METHODS else "other"
         try:
-            if path == SCORE_PATH and method == "POST":
+            allowed = _ALLOWED_METHODS.get(path)
+            if allowed is not None and method not in allowed:
+                # RFC 9110 section 15.5.6: a 405 must list the methods the resource supports.
+                response = problem(405, "method_not_allowed", detail=f"{path} accepts {', '.join(allowed)}")
+                response.headers["Allow"] = ", ".join(allowed)
+            elif path == SCORE_PATH and method == "POST":
                 response = await self.score(request)
             elif path == "/healthz":
                 response = Response("ok\n", media_type="text/plain")
@@ -286,10 +300,8 @@ class DispatchRouter:
                 response = Response(body, media_type=content_type)
             elif path == "/openapi.json":
                 response = JSONResponse(openapi_document())
-            elif path in (ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH) and method == "POST":
+            elif path in (ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH):
                 response = await self.admin(request, path)
-            elif path in (SCORE_PATH, ADMIN_TRAFFIC_PATH, ADMIN_ROLLBACK_PATH):
-                response = problem(405, "method_not_allowed", detail=f"{path} accepts POST")
             else:
                 response = problem(404, "not_found", detail=f"no endpoint {path}; see /openapi.json")
         except Exception:
