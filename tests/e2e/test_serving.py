@@ -240,6 +240,27 @@ def test_metrics_have_a_latency_bucket_at_the_120ms_budget(app: App, client: htt
     assert MEMBER_PHONE not in text and "M000000042" not in text
 
 
+def _listening_addresses(port: int) -> list[str]:
+    """Local addresses of TCP sockets listening on ``port``, from /proc/net/tcp{,6} (state 0A)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:
+                raw = bytes.fromhex(address)
+                # /proc prints each 32-bit word in host (little-endian) order.
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+                found.append(socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, words))
+    return found
+
+
+def test_the_service_listens_on_loopback_only(app: App, client: httpx.Client) -> None:
+    addresses = _listening_addresses(app.settings.serving.port)
+    assert addresses, f"nothing listens on port {app.settings.serving.port}"
+    assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
+
+
 def test_admin_rejects_missing_and_wrong_tokens(app: App, client: httpx.Client) -> None:
     assert _admin(app, client, "/v1/admin/traffic", {"challenger_weight": 0.5}, token=None).status_code == 401
     assert _admin(app, client, "/v1/admin/traffic", {"challenger_weight": 0.5}, token="wrong").status_code == 401
@@ -310,11 +331,18 @@ def test_after_shutdown_every_served_request_is_logged_once_and_no_pii_is_writte
     assert sorted(rows.request_id.unique()) == sorted(served)
     assert (rows.groupby("request_id").size() == len(app.providers)).all()
     # No raw member identity or coordinates in anything the service wrote.
-    member_lat = app.live_cell[2] + MEMBER_OFFSET
-    needles = [b"M000000777", b"M000000042", MEMBER_NAME.encode(), MEMBER_PHONE.encode(), f"{member_lat:.6f}".encode(),
-               struct.pack("<d", member_lat), struct.pack("<f", member_lat)]
-    for path in Path(app.settings.paths.root).rglob("*"):
+    coordinates = (app.live_cell[2] + MEMBER_OFFSET, app.live_cell[3] - MEMBER_OFFSET)
+    needles = [b"M000000777", b"M000000042", MEMBER_NAME.encode(), MEMBER_PHONE.encode()]
+    needles += [f"{c:.6f}".encode() for c in coordinates] + [struct.pack(f, c) for c in coordinates for f in ("<d", "<f")]
+    # Everything under the root (prediction log, registry and its history, reports, feature
+    # store) and the Ray session's logs (router, proxy and controller processes).
+    ray_logs = Path("/tmp/ray/session_latest/logs")
+    files = [*Path(app.settings.paths.root).rglob("*"), *(ray_logs.rglob("*") if ray_logs.is_dir() else [])]
+    for path in files:
         if path.is_file() and "raw" not in path.parts and path.stat().st_size < 200_000_000:
             blob = path.read_bytes()
             assert not any(n in blob for n in needles), f"PII found in {path}"
     assert json.dumps(list(table.columns)).count("member_id") == 0
+    # Decoded too: zstd-compressed parquet would hide a coordinate from the byte scan.
+    floats = table.select_dtypes("number").to_numpy(dtype=np.float64, na_value=np.nan)
+    assert not any(np.isclose(floats, c, rtol=0, atol=1e-6).any() for c in coordinates), "a member coordinate is in the log"

@@ -128,7 +128,7 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str]] = [
     ("a year-9999 timestamp", {"json": good("J-future") | {"requested_at": "9999-12-31T23:59:59-23:59"}}, 422, "requested_at"),
     ("a year-1 timestamp", {"json": good("J-past") | {"requested_at": "0001-01-01T00:00:00+23:59"}}, 422, "requested_at"),
     ("an unknown line of business", {"json": good("J-lob") | {"line_of_business": "spaceship"}}, 422, "line_of_business"),
-    ("outside the service area", {"json": good("J-out") | {"location": {"lat": 90.0, "lon": 180.000001}}}, 422, "location"),
+    ("longitude past 180", {"json": good("J-lon") | {"location": {"lat": 90.0, "lon": 180.000001}}}, 422, "location.lon"),
 ]
 
 
