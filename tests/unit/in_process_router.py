@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -32,6 +33,7 @@ from cluster.config import Settings
 from contracts.features import FEATURE_GROUPS, model_features
 from contracts.scoring import SCORE_PATH
 from contracts.warehouse import world_path
+from retrain.fallback import FallbackModel
 from retrain.registry import ModelRegistry, TrainingWindow, VersionSpec
 from serve_apps.features import US
 from serve_apps.pseudonym import KEYS_ENV
@@ -70,6 +72,16 @@ def _registry(root: Path) -> None:
         return
     for family in ("eta", "acceptance"):
         registry.register(_spec(family), lambda d: (d / "model.txt").write_text("stub"), version=f"{family}-v1")
+    # A real fallback model: the router's in-process last resort when the fallback deployment
+    # misses its 30 ms deadline (which a loaded test machine can make it do).
+    rng = np.random.default_rng(7)
+    history = pd.DataFrame({
+        "request_ts": pd.date_range("2026-01-01", periods=400, freq="37min", tz="UTC"), "cell_id": rng.integers(0, 16, 400),
+        "arrival_minutes": rng.gamma(4.0, 6.0, 400), "accepted": rng.random(400) < 0.6, "provider_id": rng.integers(0, 100, 400),
+    })
+    history["region_id"] = (history.cell_id >= 8).astype(np.int64)
+    registry.register(_spec("fallback"), FallbackModel().fit(history).save, version="fallback-v1")
+    registry.set_alias("fallback", "champion", "fallback-v1", moved_by="test", reason="in-process router")
     for version, alias in (("dispatch-v1", "champion"), ("dispatch-v2", "challenger")):
         registry.register(_spec("dispatch", components={"eta": "eta-v1", "acceptance": "acceptance-v1"}),
                           lambda d: (d / "policy.json").write_text("{}"), version=version)
