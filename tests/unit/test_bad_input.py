@@ -240,14 +240,13 @@ def test_the_reader_keeps_exactly_the_first_delivery_of_every_row_and_ignores_de
     assert set(window.column("request_id").to_pylist()) == {r for r, _ in copies if int(r[1:]) % 3 == 1}
 
 
-def test_a_corrupt_committed_part_is_an_error_naming_the_file_not_a_silent_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_committed_part_is_an_error_naming_the_file_not_a_silent_loss(tmp_path: Path, damage: str) -> None:
     """Commits are atomic, so a broken ``part-*.parquet`` is disk damage: the reader must say which
     file, never skip it (that would drop rows without a trace)."""
-    directory = partition_dir(tmp_path, DAY.date())
-    directory.mkdir(parents=True)
-    pq.write_table(pa.Table.from_batches([to_record_batch(rows("r1", DAY))]), directory / "part-router-0-000000000.parquet")
-    broken = directory / "part-router-0-000000001.parquet"
-    broken.write_bytes(b"PAR1" + b"\x00" * 64)
-    with pytest.raises(Exception, match="part-router-0-000000001") as raised:
+    directory = _write_part(tmp_path, 0, to_record_batch(rows("r1", DAY)), DAY)
+    whole = (directory / "part-router-0-000000000.parquet").read_bytes()
+    broken = directory / "part-router-1-000000001.parquet"
+    broken.write_bytes(whole[: len(whole) // 2] if damage == "truncated" else b"PAR1" + b"\x00" * 64)
+    with pytest.raises(pa.ArrowInvalid, match="part-router-1-000000001"):
         read_prediction_log(tmp_path)
-    assert raised.type.__name__ != "KeyError"
