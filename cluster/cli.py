@@ -27,7 +27,7 @@ serve_app = typer.Typer(no_args_is_help=True, help="The scoring service on local
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
-alerts_app = typer.Typer(no_args_is_help=True, help="Prometheus rules and scrape config for the service SLOs.")
+alerts_app = typer.Typer(no_args_is_help=True, help="Service SLO monitoring: Prometheus rules, scrape config, Grafana dashboards.")
 app.add_typer(alerts_app, name="alerts")
 
 console = Console()
