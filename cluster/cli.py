@@ -27,6 +27,8 @@ serve_app = typer.Typer(no_args_is_help=True, help="The scoring service on local
 app.add_typer(features_app, name="features")
 app.add_typer(models_app, name="models")
 app.add_typer(serve_app, name="serve")
+alerts_app = typer.Typer(no_args_is_help=True, help="Service SLO monitoring: Prometheus rules, scrape config, Grafana dashboards.")
+app.add_typer(alerts_app, name="alerts")
 
 console = Console()
 _state: dict[str, Any] = {"debug": False, "config": None}
@@ -345,6 +347,20 @@ def serve_status() -> None:
     print_table("deployments", ["deployment", "status"], [[k, v] for k, v in st.deployments.items()])
     if not st.ready:
         raise typer.Exit(1)
+
+
+@alerts_app.command("render")
+@command
+def alerts_render(
+    out: Annotated[Path | None, typer.Option(help="Directory for rules.yml and prometheus.yml (default: cluster/prometheus).")] = None,
+    dashboards_out: Annotated[Path | None, typer.Option(help="Directory for the Grafana dashboards (default: cluster/grafana/dashboards).")] = None,
+) -> None:
+    """Generate the SLO recording and alerting rules, the scrape config and the Grafana dashboards."""
+    from cluster import alert_rules, dashboards
+
+    written = alert_rules.write(_settings(), out or alert_rules.PROMETHEUS_DIR) + dashboards.write(dashboards_out or dashboards.DASHBOARDS_DIR)
+    for path in written:
+        console.print(f"wrote {path}")
 
 
 def print_json(payload: Any) -> None:

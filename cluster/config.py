@@ -87,6 +87,36 @@ class ServingSettings(_Section):
     price_per_cpu_second: float = 0.0000135
 
 
+class ServiceSlo(_Section):
+    """One service SLO on the score endpoint: the share of good requests over the SLO period.
+
+    ``availability``: good = answered without a 5xx. ``latency``: good = answered within
+    ``threshold_seconds``, which must be a bound of the request-duration histogram
+    (``serve_apps.metrics.REQUEST_DURATION_BUCKETS``) so the ratio is exact.
+    """
+
+    kind: Literal["availability", "latency"]
+    objective: float = Field(gt=0.0, lt=1.0)
+    threshold_seconds: float | None = None
+
+
+class SloSettings(_Section):
+    """Service SLOs over a 30-day period (the burn-rate factors of ``eval.burn_rate`` assume it).
+
+    ``cluster/alert_rules.py`` turns them into Prometheus rules (``dispatchml alerts render``).
+    """
+
+    endpoint: str = "/v1/dispatch/score"
+    #: Alerts link ``<runbook_base_url>#<alert name in lower case>``; point it at the README your operators read.
+    runbook_base_url: str = "README.md"
+    service: dict[str, ServiceSlo] = Field(
+        default_factory=lambda: {
+            "availability": ServiceSlo(kind="availability", objective=0.999),
+            "latency": ServiceSlo(kind="latency", objective=0.99, threshold_seconds=0.12),
+        }
+    )
+
+
 class Settings(_Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     world: WorldSettings = Field(default_factory=WorldSettings)
@@ -94,6 +124,7 @@ class Settings(_Section):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    slo: SloSettings = Field(default_factory=SloSettings)
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
