@@ -364,6 +364,8 @@ def drift_scan(
     min_samples: Annotated[int, typer.Option(min=2, help="Skip segments with fewer values on either side.")] = 50,
 ) -> None:
     """Per-segment drift of every feature between two windows: PSI, KS, Wasserstein, JS, chi-square, BH."""
+    import pandas as pd
+
     from eval.drift_scan import DriftScanSpec, run_drift_scan
 
     spec = DriftScanSpec(reference, current, _column_list(segment_by), _column_list(features) or None,
@@ -376,12 +378,8 @@ def drift_scan(
     top = result.table.filter(result.table.column("drift")).to_pandas().sort_values("q_value").head(10)
     columns = [*spec.segment_by, "feature", "psi", "wasserstein_norm", "q_value"]
     print_table("top drifted (segment, feature) pairs", columns,
-                [[("all" if pd_isna(r[c]) else r[c]) if c in spec.segment_by else (f"{r[c]:.3g}" if c != "feature" else r[c])
+                [[("all" if pd.isna(r[c]) else r[c]) if c in spec.segment_by else (f"{r[c]:.3g}" if c != "feature" else r[c])
                   for c in columns] for _, r in top.iterrows()])
-
-
-def pd_isna(value: Any) -> bool:
-    return value is None or value != value or str(value) == "<NA>"
 
 
 def print_json(payload: Any) -> None:

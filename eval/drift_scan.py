@@ -24,6 +24,7 @@ the same BH correction.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -213,7 +214,8 @@ def run_drift_scan(spec: DriftScanSpec, progress: Callable[[int, int], None] | N
     features, categorical = resolve_columns(spec)
     levels = rollup_levels(spec)
     if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+        # A fresh local Ray unless RAY_ADDRESS names a cluster: never join someone else's session by accident.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     step = max(1, spec.features_per_task)
     chunks = [features[i : i + step] for i in range(0, len(features), step)]
