@@ -79,7 +79,7 @@ class _Codes:
 
     reference: np.ndarray
     current: np.ndarray
-    radix: int
+    bits: int  # codes fit in this many bits, so a composite key is (segment << bits) | code
     distinct: np.ndarray | None  # sorted distinct values for the rank codes; None for float32 bits
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -108,12 +108,12 @@ def _float32_codes(values: np.ndarray) -> np.ndarray:
 
 def _codes(reference: np.ndarray, current: np.ndarray) -> _Codes:
     if reference.dtype == np.float32 and current.dtype == np.float32:
-        return _Codes(_float32_codes(reference), _float32_codes(current), 1 << 32, None)
+        return _Codes(_float32_codes(reference), _float32_codes(current), 32, None)
     ref = reference.astype(np.float64)
     cur = current.astype(np.float64)
     distinct, inverse = np.unique(np.concatenate([ref, cur]), return_inverse=True)
     inverse = inverse.astype(np.uint64)
-    return _Codes(inverse[: ref.size], inverse[ref.size :], max(int(distinct.size), 1), distinct)
+    return _Codes(inverse[: ref.size], inverse[ref.size :], max(int(distinct.size), 1).bit_length(), distinct)
 
 
 def _finite(values: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -135,39 +135,46 @@ def numeric_drift_by_segment(
     current: np.ndarray,
     current_segment: np.ndarray,
     n_segments: int,
+    ks_method: str = "auto",
+    min_samples: int = 1,
 ) -> SegmentDrift:
     """PSI, JS distance, KS and normalised Wasserstein for one numeric feature in every segment.
 
     ``*_segment`` are integer codes in ``[0, n_segments)``. float32 input is the fast path (no
     value sort beyond the one composite-key sort); other dtypes are compared as float64.
+    ``ks_method`` is scipy's ``ks_2samp`` method (see :func:`ks_pvalues`). The KS p-value, the
+    one costly statistic, is left ``nan`` for segments with fewer than ``min_samples`` values on
+    either side: the scan skips them anyway.
     """
     ref, ref_seg = _finite(reference, reference_segment)
     cur, cur_seg = _finite(current, current_segment)
     codes = _codes(ref, cur)
-    radix = np.uint64(codes.radix)
-    # key = ((segment * radix + code) << 1) | is_current: one sort orders by segment, then value.
+    shift = np.uint64(codes.bits)
+    # key = (segment << bits | code) << 1 | is_current: one sort orders by segment, then value.
     keys = np.concatenate(
         [
-            ((ref_seg.astype(np.uint64) * radix + codes.reference) << np.uint64(1)),
-            ((cur_seg.astype(np.uint64) * radix + codes.current) << np.uint64(1)) | np.uint64(1),
+            ((ref_seg.astype(np.uint64) << shift) | codes.reference) << np.uint64(1),
+            ((((cur_seg.astype(np.uint64) << shift) | codes.current) << np.uint64(1)) | np.uint64(1)),
         ]
     )
     keys.sort()
     is_current = (keys & np.uint64(1)).astype(bool)
-    half = keys >> np.uint64(1)  # segment * radix + code
-    segment = (half // radix).astype(np.int64)
+    half = keys >> np.uint64(1)  # segment << bits | code
+    del keys
+    segment = (half >> shift).astype(np.int64)
     n_ref = np.bincount(segment[~is_current], minlength=n_segments).astype(np.int64)
     n_cur = np.bincount(segment[is_current], minlength=n_segments).astype(np.int64)
 
     ref_half = half[~is_current]  # reference values sorted within segments
-    ref_values = codes.decode(ref_half % radix)
+    mask = np.uint64((1 << codes.bits) - 1)
+    ref_values = codes.decode(ref_half & mask)
     ref_start = np.concatenate([[0], np.cumsum(n_ref)[:-1]])
     cur_half = half[is_current]
     cur_start = np.concatenate([[0], np.cumsum(n_cur)[:-1]])
 
     ref_counts, cur_counts = _decile_bin_counts(ref_values, n_ref, ref_start, ref_half, cur_half, cur_start, codes, n_segments)
     psi_values, js_values = _psi_and_js(ref_counts, cur_counts)
-    ks, wasserstein = _ecdf_distances(half, is_current, segment, n_ref, n_cur, codes, radix)
+    ks, wasserstein = _ecdf_distances(half, is_current, segment, n_ref, n_cur, codes, mask)
     std = _segment_std(ref_values, n_ref)
     with np.errstate(divide="ignore", invalid="ignore"):
         w_norm = np.where(std > 0, wasserstein / np.where(std > 0, std, 1.0), np.where(wasserstein > 0, np.inf, np.nan))
@@ -180,7 +187,7 @@ def numeric_drift_by_segment(
         psi_bias=psi_null_bias(PSI_BINS, n_ref, n_cur),
         js_distance=np.where(tested, js_values, np.nan),
         ks_stat=np.where(tested, ks, np.nan),
-        ks_pvalue=ks_pvalues(ks, n_ref, n_cur),
+        ks_pvalue=ks_pvalues(np.where(np.minimum(n_ref, n_cur) >= min_samples, ks, np.nan), n_ref, n_cur, ks_method),
         wasserstein_norm=np.where(tested, w_norm, np.nan),
         chi2_pvalue=nan,
     )
@@ -204,7 +211,7 @@ def _decile_bin_counts(
     edges = segment_quantiles(ref_values, n_ref, ref_start, _DECILES)  # (S, 9)
     threshold = codes.below_or_equal(np.nan_to_num(edges, nan=0.0))
     seg = np.arange(n_segments, dtype=np.uint64)[:, None]
-    probe = seg * np.uint64(codes.radix) + threshold  # x <= edge  <=>  half < probe
+    probe = (seg << np.uint64(codes.bits)) + threshold  # x <= edge  <=>  half < probe
     ref_le = np.searchsorted(ref_half, probe, side="left") - ref_start[:, None]
     cur_le = np.searchsorted(cur_half, probe, side="left") - cur_start[:, None]
     n_cur = np.diff(np.append(cur_start, cur_half.size))
@@ -286,7 +293,7 @@ def _ecdf_distances(
     n_ref: np.ndarray,
     n_cur: np.ndarray,
     codes: _Codes,
-    radix: np.uint64,
+    mask: np.uint64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """KS ``sup |F_ref − F_cur|`` and Wasserstein-1 ``∫ |F_ref − F_cur| dx`` per segment.
 
@@ -299,18 +306,19 @@ def _ecdf_distances(
     run_end = np.empty(half.size, dtype=bool)
     run_end[:-1] = half[1:] != half[:-1]
     run_end[-1] = True
-    cum_cur = np.cumsum(is_current, dtype=np.int64)
-    cum_ref = np.arange(1, half.size + 1, dtype=np.int64) - cum_cur
+    ends = np.flatnonzero(run_end)
+    cum_cur = np.cumsum(is_current, dtype=np.int64)[ends]
+    cum_ref = ends + 1 - cum_cur
     base_cur = np.concatenate([[0], np.cumsum(n_cur)[:-1]])
     base_ref = np.concatenate([[0], np.cumsum(n_ref)[:-1]])
-    end_seg = segment[run_end]
+    end_seg = segment[ends]
     with np.errstate(divide="ignore", invalid="ignore"):
-        f_ref = (cum_ref[run_end] - base_ref[end_seg]) / n_ref[end_seg]
-        f_cur = (cum_cur[run_end] - base_cur[end_seg]) / n_cur[end_seg]
+        f_ref = (cum_ref - base_ref[end_seg]) / n_ref[end_seg]
+        f_cur = (cum_cur - base_cur[end_seg]) / n_cur[end_seg]
     gap = np.abs(f_ref - f_cur)
     ks = np.zeros(n_segments)
     _segment_max(ks, end_seg, gap)
-    values = codes.decode(half[run_end] % radix)
+    values = codes.decode(half[ends] & mask)
     width = np.zeros(values.size)
     same = end_seg[1:] == end_seg[:-1]
     width[:-1] = np.where(same, values[1:] - values[:-1], 0.0)
@@ -333,21 +341,27 @@ def _segment_std(sorted_values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     return np.sqrt(var)
 
 
-def ks_pvalues(statistic: np.ndarray, n_reference: np.ndarray, n_current: np.ndarray) -> np.ndarray:
-    """Two-sided KS p-values exactly as ``scipy.stats.ks_2samp(..., method="auto")`` computes them.
+def ks_pvalues(statistic: np.ndarray, n_reference: np.ndarray, n_current: np.ndarray, method: str = "auto") -> np.ndarray:
+    """Two-sided KS p-values exactly as ``scipy.stats.ks_2samp(..., method=method)`` computes them.
 
     ``auto`` means the exact lattice-path probability (Hodges 1958) when both samples have at
     most 10,000 values, else Smirnov's limiting distribution ``kstwo.sf(D, round(mn/(m+n)))``.
     The exact branch calls scipy's own routine, memoised on ``(n1, n2, h)`` where ``D = h /
     lcm(n1, n2)``: within a scan the same segment sizes and lattice steps recur across
     features. If scipy's exact computation fails it falls back to the asymptotic one, as scipy does.
+
+    The exact branch costs O(n1·n2) per test (a lattice-path recursion), which dominates a scan
+    of busy cells; ``method="asymp"`` (scipy's ``method="asymp"``) is O(1) and is what
+    ``bench/drift_scan.py`` compares against.
     """
+    if method not in ("auto", "asymp"):
+        raise ValueError(f"method must be 'auto' or 'asymp', got {method!r}")
     d = np.asarray(statistic, dtype=np.float64)
     n1 = np.asarray(n_reference, dtype=np.int64)
     n2 = np.asarray(n_current, dtype=np.int64)
     out = np.full(d.shape, np.nan)
     valid = (n1 > 0) & (n2 > 0) & np.isfinite(d)
-    exact = valid & (np.maximum(n1, n2) <= KS_EXACT_MAX_N)
+    exact = valid & (np.maximum(n1, n2) <= KS_EXACT_MAX_N) & (method == "auto")
     asymp = valid & ~exact
     for i in np.flatnonzero(exact):
         a, b = int(n1[i]), int(n2[i])

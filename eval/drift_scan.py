@@ -68,6 +68,8 @@ class DriftScanSpec:
     min_samples: int = DEFAULT_MIN_SAMPLES
     out: Path | None = None
     features_per_task: int = DEFAULT_FEATURES_PER_TASK
+    #: scipy ``ks_2samp`` method for the p-value: "auto" (the contract) or "asymp" (benchmark comparison).
+    ks_method: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ def scan_features(
     current: pa.Table,
     categorical: set[str],
     levels: Sequence[RollupLevel],
+    ks_method: str = "auto",
+    min_samples: int = 1,
 ) -> pa.Table:
     """Raw statistics for every feature column of two aligned tables at every rollup level.
 
@@ -156,9 +160,12 @@ def scan_features(
     for feature in reference.column_names:
         ref_values = _column_values(reference, feature, feature in categorical)
         cur_values = _column_values(current, feature, feature in categorical)
-        kernel = categorical_drift_by_segment if feature in categorical else numeric_drift_by_segment
         for level_index, level in enumerate(levels):
-            result = kernel(ref_values, level.reference_codes, cur_values, level.current_codes, len(level.keys))
+            args = (ref_values, level.reference_codes, cur_values, level.current_codes, len(level.keys))
+            if feature in categorical:
+                result = categorical_drift_by_segment(*args)
+            else:
+                result = numeric_drift_by_segment(*args, ks_method=ks_method, min_samples=min_samples)
             parts.append(_stat_rows(result, feature, level_index))
     return pa.concat_tables(parts)
 
@@ -201,7 +208,7 @@ def _scan_chunk(batch: dict[str, np.ndarray], spec: DriftScanSpec, categorical: 
     features = [str(f) for f in batch["features"][0]]
     reference = read_columns(spec.reference, features)
     current = read_columns(spec.current, features)
-    return scan_features(reference, current, categorical, levels)
+    return scan_features(reference, current, categorical, levels, spec.ks_method, spec.min_samples)
 
 
 def run_drift_scan(spec: DriftScanSpec, progress: Callable[[int, int], None] | None = None) -> DriftScanResult:

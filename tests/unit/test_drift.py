@@ -184,3 +184,10 @@ def test_scan_with_no_drift_flags_nothing_and_finds_injected_shifts() -> None:
     shifted = _scan(101, segments=100, drifted=20)
     hits = shifted[(shifted["feature"] == "eta_p50") & (shifted["cell_id"] < 20)]
     assert hits["drift"].mean() >= 0.9, f"a {SHIFT_SD}-sd shift at {ROWS_PER_SEGMENT} rows per side is found"
+
+
+def test_asymptotic_method_equals_scipy_asymp() -> None:
+    rng = np.random.default_rng(4)
+    ref, cur = rng.standard_normal(300), rng.standard_normal(250) + 0.1
+    result = drift.numeric_drift_by_segment(ref, np.zeros(300, int), cur, np.zeros(250, int), 1, ks_method="asymp")
+    assert result.ks_pvalue[0] == pytest.approx(stats.ks_2samp(ref, cur, method="asymp").pvalue, abs=TOL)
