@@ -382,6 +382,20 @@ def drift_scan(
                   for c in columns] for _, r in top.iterrows()])
 
 
+@app.command("drift-report")
+@command
+def drift_report(
+    scan: Annotated[Path, typer.Option(help="drift-scan output parquet (segmented by cell_id).")],
+    cells: Annotated[Path, typer.Option(help="The warehouse's world/cells.parquet (grid row/col per cell).")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    feature: Annotated[str | None, typer.Option(help="One feature (default: worst PSI over all).")] = None,
+) -> None:
+    """Drift heatmap over the cell grid, as self-contained HTML."""
+    from eval.drift_report import write_heatmap
+
+    console.print(f"wrote {write_heatmap(scan, cells, out, feature)}")
+
+
 def print_json(payload: Any) -> None:
     console.print_json(json.dumps(payload, default=str))
 

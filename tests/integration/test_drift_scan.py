@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DISPATCHML = [sys.executable, "-m", "cluster.cli"]
 CONTRACT = [
@@ -113,3 +113,17 @@ def test_missing_column_is_one_clear_line(windows: tuple[Path, Path]) -> None:
     done = _run("--reference", str(reference), "--current", str(current), "--segment-by", "depot_id")
     assert done.returncode == 1
     assert "lacks column(s) depot_id" in done.stdout and "Traceback" not in done.stdout + done.stderr
+
+
+def test_drift_report_draws_the_scan_on_the_cell_grid(scan: tuple[pd.DataFrame, str], tmp_path: Path) -> None:
+    report, _ = scan
+    report.to_parquet(tmp_path / "drift.parquet")
+    cells = pd.DataFrame({"cell_id": np.arange(CELLS), "row": np.arange(CELLS) // 4, "col": np.arange(CELLS) % 4})
+    cells.to_parquet(tmp_path / "cells.parquet")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([*DISPATCHML, "drift-report", "--scan", str(tmp_path / "drift.parquet"), "--cells",
+                           str(tmp_path / "cells.parquet"), "--out", str(tmp_path / "map.html")],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "map.html").stat().st_size > 0

@@ -191,3 +191,25 @@ def test_asymptotic_method_equals_scipy_asymp() -> None:
     ref, cur = rng.standard_normal(300), rng.standard_normal(250) + 0.1
     result = drift.numeric_drift_by_segment(ref, np.zeros(300, int), cur, np.zeros(250, int), 1, ks_method="asymp")
     assert result.ks_pvalue[0] == pytest.approx(stats.ks_2samp(ref, cur, method="asymp").pvalue, abs=TOL)
+
+
+def test_heatmap_grid_places_cells_on_the_cell_grid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from eval.drift_report import cell_drift_grid, write_heatmap
+
+    cells = pd.DataFrame({"cell_id": np.arange(6), "row": np.arange(6) // 3, "col": np.arange(6) % 3})
+    scan = pd.DataFrame({
+        "cell_id": pd.array([0, 0, 4, 5, None], dtype="Int64"),
+        "feature": ["a", "b", "a", "a", "a"],
+        "psi": [0.05, 0.6, 0.2, np.nan, 0.01],
+        "q_value": [0.5, 0.001, 0.2, np.nan, 0.3],
+        "drift": [False, True, False, False, False],
+    })
+    grid = cell_drift_grid(scan, cells)
+    assert grid["psi"][0, 0] == 0.6 and grid["drifted"][0, 0] == 1  # cell 0 at row 0, col 0
+    assert grid["psi"][1, 1] == 0.2  # cell 4 at row 1, col 1; the rollup row (null cell) is ignored
+    assert np.isnan(grid["tested"][1, 2]) and grid["drifted"][1, 2] == 0  # cell 5 skipped
+    assert np.isnan(grid["psi"][0, 1])  # cell 1: no data
+    scan.to_parquet(tmp_path / "scan.parquet")
+    cells.to_parquet(tmp_path / "cells.parquet")
+    out = write_heatmap(tmp_path / "scan.parquet", tmp_path / "cells.parquet", tmp_path / "heatmap.html")
+    assert "drift by cell" in out.read_text()
