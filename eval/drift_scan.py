@@ -243,14 +243,10 @@ def run_drift_scan(spec: DriftScanSpec, progress: Callable[[int, int], None] | N
     if spec.out is not None:
         spec.out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, spec.out)
-    drifted = int(pc_sum(table.column("drift")))
+    drifted = int(np.sum(table.column("drift").to_numpy(zero_copy_only=False)))
     skipped = int(np.isnan(table.column("q_value").to_numpy(zero_copy_only=False)).sum())
     return DriftScanResult(table, time.perf_counter() - started, table.num_rows - skipped, drifted, skipped, spec.out,
                            tuple(level.columns for level in levels))
-
-
-def pc_sum(column: pa.ChunkedArray) -> int:
-    return int(np.sum(column.to_numpy(zero_copy_only=False)))
 
 
 def finish_scan(raw: pa.Table, levels: Sequence[RollupLevel], spec: DriftScanSpec) -> pa.Table:
