@@ -363,6 +363,55 @@ def alerts_render(
         console.print(f"wrote {path}")
 
 
+def _column_list(text: str | None) -> tuple[str, ...]:
+    return tuple(c.strip() for c in text.split(",") if c.strip()) if text else ()
+
+
+@app.command("drift-scan")
+@command
+def drift_scan(
+    reference: Annotated[Path, typer.Option(help="Reference parquet file or directory.")],
+    current: Annotated[Path, typer.Option(help="Current parquet file or directory (same columns).")],
+    segment_by: Annotated[str | None, typer.Option(help="Segment columns, coarse to fine (rolled up), e.g. region_id,cell_id.")] = None,
+    features: Annotated[str | None, typer.Option(help="Feature columns (default: every non-segment column).")] = None,
+    categorical: Annotated[str | None, typer.Option(help="Columns to test as categories (chi-square).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Write one row per (segment, feature) here.")] = None,
+    fdr: Annotated[float, typer.Option(help="Benjamini-Hochberg false discovery rate.")] = 0.05,
+    min_samples: Annotated[int, typer.Option(min=2, help="Skip segments with fewer values on either side.")] = 50,
+) -> None:
+    """Per-segment drift of every feature between two windows: PSI, KS, Wasserstein, JS, chi-square, BH."""
+    import pandas as pd
+
+    from eval.drift_scan import DriftScanSpec, run_drift_scan
+
+    spec = DriftScanSpec(reference, current, _column_list(segment_by), _column_list(features) or None,
+                         _column_list(categorical), fdr, min_samples, out)
+    with progress_bar() as bar:
+        task = bar.add_task("scanning feature chunks", total=None)
+        result = run_drift_scan(spec, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"{result.tests:,} tests, {result.drifted:,} drifted, {result.skipped:,} skipped "
+                  f"in {result.seconds:.1f} s" + (f" -> {out}" if out else ""))
+    top = result.table.filter(result.table.column("drift")).to_pandas().sort_values("q_value").head(10)
+    columns = [*spec.segment_by, "feature", "psi", "wasserstein_norm", "q_value"]
+    print_table("top drifted (segment, feature) pairs", columns,
+                [[("all" if pd.isna(r[c]) else r[c]) if c in spec.segment_by else (f"{r[c]:.3g}" if c != "feature" else r[c])
+                  for c in columns] for _, r in top.iterrows()])
+
+
+@app.command("drift-report")
+@command
+def drift_report(
+    scan: Annotated[Path, typer.Option(help="drift-scan output parquet (segmented by cell_id).")],
+    cells: Annotated[Path, typer.Option(help="The warehouse's world/cells.parquet (grid row/col per cell).")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    feature: Annotated[str | None, typer.Option(help="One feature (default: worst PSI over all).")] = None,
+) -> None:
+    """Drift heatmap over the cell grid, as self-contained HTML."""
+    from eval.drift_report import write_heatmap
+
+    console.print(f"wrote {write_heatmap(scan, cells, out, feature)}")
+
+
 def print_json(payload: Any) -> None:
     console.print_json(json.dumps(payload, default=str))
 
