@@ -6,7 +6,7 @@ A Ray Data job: source → transforms → sink.
   scan is a feature, so the natural partition is by column: each task reads only its columns
   (plus nothing else: the segment codes are computed once by the driver and shared through the
   object store), which bounds memory at ``rows × features_per_task`` whatever the width of the
-  table (8.4M rows × 250 float32 features is 8.4 GB; a 16-feature chunk is 540 MB).
+  table (8.4M rows × 250 float32 features is 8.4 GB per window; a 16-feature chunk is 540 MB per window).
 * **Transform.** ``map_batches(_scan_chunk)`` applies the segmented kernels of
   :mod:`eval.drift` to each feature at every rollup level. No statistics live here.
 * **Sink.** The driver gathers the per-(segment, feature) rows, applies the ``--min-samples``
@@ -174,7 +174,10 @@ def _column_values(table: pa.Table, feature: str, categorical: bool) -> np.ndarr
     column = table.column(feature)
     if categorical:
         return column.to_numpy(zero_copy_only=False)
-    # float32 is the kernels' fast path and halves memory; features are stored as float32 or ints.
+    # float32 is the kernels' fast path and halves memory: float32 columns stay as they are, and
+    # other numeric columns become float32 only where that is exact (e.g. small integers).
+    if pa.types.is_float32(column.type):
+        return column.to_numpy(zero_copy_only=False)
     values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
     as32 = values.astype(np.float32)
     return as32 if np.array_equal(as32, values, equal_nan=True) else values
