@@ -283,23 +283,18 @@ def _key_dtype(levels: Sequence[RollupLevel], column: str) -> str:
     return "Int64" if pd.api.types.is_integer_dtype(finest) else finest.dtype
 
 
-def _reasons(frame: pd.DataFrame, small: np.ndarray, pvalue: np.ndarray, spec: DriftScanSpec) -> list[str]:
-    reasons = []
-    n_ref = frame["n_reference"].to_numpy()
-    n_cur = frame["n_current"].to_numpy()
+def _reasons(frame: pd.DataFrame, small: np.ndarray, pvalue: np.ndarray, spec: DriftScanSpec) -> np.ndarray:
+    """One reason per row, from a few fixed strings (a 25K-cell x 250-feature scan has 6M rows;
+    the numbers behind each reason are in the row's own columns)."""
     q = frame["q_value"].to_numpy()
     drift = frame["drift"].to_numpy()
     categorical = frame["chi2_pvalue"].notna().to_numpy()
-    for i in range(len(frame)):
-        if small[i]:
-            reasons.append(f"skipped: too few samples (reference {n_ref[i]}, current {n_cur[i]}; --min-samples {spec.min_samples})")
-        elif np.isnan(pvalue[i]):
-            reasons.append("skipped: no finite values to compare")
-        elif drift[i]:
-            test = "chi2" if categorical[i] else "ks"
-            reasons.append(f"drift: {test} q={q[i]:.2g} < {spec.fdr:g} and effect above threshold")
-        elif q[i] < spec.fdr:
-            reasons.append("significant but effect below threshold (psi - bias < 0.1 and wasserstein_norm < 0.1)")
-        else:
-            reasons.append(f"no drift: q={q[i]:.2g} >= {spec.fdr:g}")
-    return reasons
+    conditions = [small, np.isnan(pvalue), drift & categorical, drift, q < spec.fdr]
+    choices = [
+        f"skipped: too few samples (fewer than --min-samples {spec.min_samples} on a side)",
+        "skipped: no finite values to compare",
+        f"drift: chi2 q < {spec.fdr:g} and effect above threshold",
+        f"drift: ks q < {spec.fdr:g} and effect above threshold",
+        "significant but effect below threshold (psi - bias < 0.1 and wasserstein_norm < 0.1)",
+    ]
+    return np.select(conditions, choices, default=f"no drift: q >= {spec.fdr:g}").astype(object)
