@@ -281,7 +281,7 @@ def psi_null_bias(bins: int | np.ndarray, n_reference: np.ndarray, n_current: np
     ``B − 1`` degrees of freedom scaled by the two sample sizes (Yurdakul 2018), so small
     segments show PSI well above 0 with no drift at all (0.36 at 50 + 50 rows and 10 bins).
     """
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):
         return (np.asarray(bins) - 1) * (1.0 / np.asarray(n_reference, float) + 1.0 / np.asarray(n_current, float))
 
 
