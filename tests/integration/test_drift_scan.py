@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
+
+from cluster.cli import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -110,9 +113,9 @@ def test_injected_drift_is_found_with_numeric_and_categorical_statistics(scan: t
 
 def test_missing_column_is_one_clear_line(windows: tuple[Path, Path]) -> None:
     reference, current = windows
-    done = _run("--reference", str(reference), "--current", str(current), "--segment-by", "depot_id")
-    assert done.returncode == 1
-    assert "lacks column(s) depot_id" in done.stdout and "Traceback" not in done.stdout + done.stderr
+    done = CliRunner().invoke(app, ["drift-scan", "--reference", str(reference), "--current", str(current), "--segment-by", "depot_id"])
+    assert done.exit_code == 1
+    assert "lacks column(s) depot_id" in done.output and "Traceback" not in done.output
 
 
 def test_drift_report_draws_the_scan_on_the_cell_grid(scan: tuple[pd.DataFrame, str], tmp_path: Path) -> None:
@@ -120,10 +123,7 @@ def test_drift_report_draws_the_scan_on_the_cell_grid(scan: tuple[pd.DataFrame, 
     report.to_parquet(tmp_path / "drift.parquet")
     cells = pd.DataFrame({"cell_id": np.arange(CELLS), "row": np.arange(CELLS) // 4, "col": np.arange(CELLS) % 4})
     cells.to_parquet(tmp_path / "cells.parquet")
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    done = subprocess.run([*DISPATCHML, "drift-report", "--scan", str(tmp_path / "drift.parquet"), "--cells",
-                           str(tmp_path / "cells.parquet"), "--out", str(tmp_path / "map.html")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=root)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = CliRunner().invoke(app, ["drift-report", "--scan", str(tmp_path / "drift.parquet"), "--cells",
+                                    str(tmp_path / "cells.parquet"), "--out", str(tmp_path / "map.html")])
+    assert done.exit_code == 0, done.output
     assert (tmp_path / "map.html").stat().st_size > 0
