@@ -109,10 +109,11 @@ def read_feed(
 def _score_requests(data_root: Path, start: datetime, end: datetime) -> list[ScoreRequest]:
     """The scoring requests dispatch sent for jobs requested in ``[start, end)``, in request order."""
     candidates = entity_frame(data_root, start, end)
+    days = sorted({ts.date().isoformat() for ts in candidates["request_ts"]})
     jobs = pd.read_parquet(
         Path(data_root) / "raw" / "requests",
         columns=["job_id", "member_id"],
-        filters=[("job_id", "in", candidates["job_id"].unique().tolist())],
+        filters=[("date", "in", days), ("job_id", "in", candidates["job_id"].unique().tolist())],
     ).drop_duplicates("job_id").set_index("job_id")
     requests = []
     for job_id, rows in candidates.sort_values(["request_ts", "job_id", "provider_id"]).groupby("job_id", sort=False):

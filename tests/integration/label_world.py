@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import yaml
+
 from cluster.config import Settings
 from cluster.demo import DemoOptions, demo_settings
 from cluster.feature_store import apply
@@ -50,6 +52,10 @@ class LabelWorld:
     def data_root(self) -> Path:
         return Path(self.settings.paths.data)
 
+    @property
+    def config_path(self) -> Path:
+        return Path(self.settings.paths.root) / "dispatchml.yaml"
+
 
 def unit_change_feed(at_day: int) -> Scenario:
     """``scenarios/unit_change.yaml`` with its onset moved to ``at_day`` of this short world."""
@@ -58,9 +64,10 @@ def unit_change_feed(at_day: int) -> Scenario:
 
 
 def build_label_world(root: Path) -> LabelWorld:
-    options = DemoOptions(workdir=root, days=DAYS, events_per_day=6_000, cells=480, regions=24, providers=1_200, seed=7, start=START, max_training_rows=60_000, num_boost_round=40)
+    options = DemoOptions(workdir=root, days=DAYS, events_per_day=6_000, cells=480, regions=24, providers=1_200, seed=7, start=START, max_training_rows=20_000, num_boost_round=40)
     base = demo_settings(Settings(), options)
-    settings = base.model_copy(update={"train": base.train.model_copy(update={"holdout_days": 2, "window_days": 7, "num_threads": 2})})
+    # One LightGBM thread: on a loaded 2-core machine two OpenMP threads spin and fit ~10x slower.
+    settings = base.model_copy(update={"train": base.train.model_copy(update={"holdout_days": 2, "window_days": 7, "num_threads": 1})})
     concept = Incident(kind="concept_drift", start_day=INCIDENT_DAY, duration="10d", segment={"region_id": [DRIFT_REGION]}, size=0.35)
     simulate(SimulationSpec(
         out=Path(settings.paths.data), days=DAYS, events_per_day=options.events_per_day, seed=options.seed, start=START,
@@ -73,7 +80,9 @@ def build_label_world(root: Path) -> LabelWorld:
     registry = ModelRegistry(settings.paths.registry)
     registry.set_alias("fallback", "fallback", training.versions["fallback"], moved_by="test", reason="label world")
     end = sim_start + timedelta(days=DAYS)
+    # Where ``dispatchml`` reads the prediction log: ``<paths.root>/prediction_log``.
     log_root = Path(settings.paths.root) / "prediction_log"
+    (Path(settings.paths.root) / "dispatchml.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     rows = replay_served_log(
         Path(settings.paths.data), Path(settings.paths.registry), log_root, replay_start, end,
         feed_scenario=unit_change_feed(INCIDENT_DAY), sim_start=sim_start,

@@ -13,12 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from cluster.cli import app
 from eval.estimation import IntervalLossEstimator, acceptance_estimate, realized_acceptance
-from eval.label_report import segment_scorecard, write_label_report
+from eval.label_report import segment_scorecard
 from eval.labels import completeness_watermark, join_labels, matured
 from eval.metrics import bias, mae
-from eval.skew import offline_features, skew_report
 from retrain.training_set import read_labels
 from serve_apps.prediction_log import read_prediction_log
 from tests.integration.label_world import DRIFT_REGION, INCIDENT_DAY, UNIT_REGION, LabelWorld, build_label_world
@@ -38,9 +39,20 @@ def log(world: LabelWorld) -> pd.DataFrame:
     return table
 
 
-def test_skew_names_the_unit_changed_feature_and_region_and_nothing_else(world: LabelWorld, log: pd.DataFrame) -> None:
-    offline = offline_features(world.settings, world.data_root, world.replay_start, world.end)
-    report = skew_report(log, offline, segment="region_id")
+def _cli(world: LabelWorld, *args: str) -> str:
+    done = CliRunner().invoke(app, ["--config", str(world.config_path), *args], env={"COLUMNS": "250"})
+    assert done.exit_code == 0, done.output
+    return done.output
+
+
+def _window(world: LabelWorld) -> list[str]:
+    return ["--start", world.replay_start.isoformat(), "--end", world.end.isoformat()]
+
+
+def test_skew_names_the_unit_changed_feature_and_region_and_nothing_else(world: LabelWorld, log: pd.DataFrame, tmp_path: Path) -> None:
+    output = _cli(world, "skew", *_window(world), "--out", str(tmp_path / "skew.parquet"))
+    assert "cell_traffic__speed_kmh" in output
+    report = pd.read_parquet(tmp_path / "skew.parquet")
     assert report["unpaired"].iloc[0] == 0, "every served row must have its offline recomputation"
     flagged = report[report["skewed"]]
     by_region = flagged.groupby("region_id")["feature"].apply(set).to_dict()
@@ -111,8 +123,9 @@ def test_replayed_log_is_served_by_the_champion(log: pd.DataFrame) -> None:
 
 
 def test_label_report_draws_maturity_calibration_and_pit(world: LabelWorld, joined: pd.DataFrame, tmp_path: Path) -> None:
-    out = write_label_report(joined, world.end, tmp_path / "labels.html")
-    html = out.read_text()
+    output = _cli(world, "labels", *_window(world), "--report", str(tmp_path / "labels.html"))
+    assert "arrival_minutes" in output and "completeness watermark" in output
+    html = (tmp_path / "labels.html").read_text()
     for title in ("Label maturity", "Acceptance reliability by region_id", "ETA PIT histogram by region_id", "Scorecard by region_id"):
         assert title in html, title
     card = segment_scorecard(joined, world.end, "region_id").set_index("region_id")
