@@ -1,10 +1,11 @@
 """Per-segment calibration, realized-versus-estimated scorecards and their HTML report.
 
 Inputs are ``eval.labels.join_labels`` frames (prediction-log rows with labels as known at
-``as_of``). Realized figures use only rows past each label kind's completeness watermark;
-estimates (``eval.estimation``) use every prediction of the segment, labelled or not, so the
-report shows both side by side for the cohorts that have matured and the estimate alone for
-those that have not. Plots are plotly (installed with Evidently), one self-contained HTML file:
+``as_of``). Realized figures use only rows past each label kind's completeness watermark. The
+acceptance estimates (``eval.estimation``) are given twice: for the same matured rows, so a
+reader sees how well the estimator did, and for the predictions newer than the watermark, the
+only figure there is for them yet. Plots are plotly (installed with Evidently), one
+self-contained HTML file:
 
 - label-maturity curves, one per label kind;
 - reliability diagrams per segment (acceptance) with ECE;
