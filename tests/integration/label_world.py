@@ -6,11 +6,11 @@ champion is trained on days 0-7; from day 7 two incidents run to the end:
 
 - the warehouse is simulated with ``concept_drift`` in ``DRIFT_REGION`` (true speed / 1.35,
   features unchanged): realized ETA error there rises and nothing the model sees moves;
-- ``scenarios/unit_change.yaml``, moved to day 8, is applied only to what the online feed pushed
+- ``scenarios/unit_change.yaml``, moved to day 7, is applied only to what the online feed pushed
   in the replay (``simulator.served_log``): the served ``cell_traffic.speed_kmh`` of region 23 is
   in mph while the warehouse keeps km/h.
 
-The replay scores days 7-10 through the real serving code into ``<root>/prediction_log``.
+The replay scores days 6-9 through the real serving code into ``<root>/prediction_log``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from simulator.served_log import replay_served_log
 
 REPO = Path(__file__).resolve().parents[2]
 START = date(2026, 1, 5)
-DAYS = 10
-TRAIN_DAYS = 7
-INCIDENT_DAY = 8
+DAYS = 9
+TRAIN_DAYS = 6
+INCIDENT_DAY = 7
 DRIFT_REGION = 16
 UNIT_REGION = 23
 
@@ -64,7 +64,7 @@ def unit_change_feed(at_day: int) -> Scenario:
 
 
 def build_label_world(root: Path) -> LabelWorld:
-    options = DemoOptions(workdir=root, days=DAYS, events_per_day=6_000, cells=480, regions=24, providers=1_200, seed=7, start=START, max_training_rows=20_000, num_boost_round=40)
+    options = DemoOptions(workdir=root, days=DAYS, events_per_day=5_000, cells=480, regions=24, providers=1_200, seed=7, start=START, max_training_rows=20_000, num_boost_round=40)
     base = demo_settings(Settings(), options)
     # One LightGBM thread: on a loaded 2-core machine two OpenMP threads spin and fit ~10x slower.
     settings = base.model_copy(update={"train": base.train.model_copy(update={"holdout_days": 2, "window_days": 7, "num_threads": 1})})
