@@ -107,7 +107,12 @@ def read_feed(
 
 
 def _score_requests(data_root: Path, start: datetime, end: datetime) -> list[ScoreRequest]:
-    """The scoring requests dispatch sent for jobs requested in ``[start, end)``, in request order."""
+    """The scoring requests dispatch sent for jobs requested in ``[start, end)``, in request order.
+
+    The member id and coordinates (PII) are read here because a real request carries them;
+    ``prepare_job`` pseudonymises the one and reduces the other to cell and region, as in serving.
+    Candidates are listed by provider id (the log's ``candidate_index`` follows that order).
+    """
     candidates = entity_frame(data_root, start, end)
     days = sorted({ts.date().isoformat() for ts in candidates["request_ts"]})
     jobs = pd.read_parquet(
