@@ -412,6 +412,62 @@ def drift_report(
     console.print(f"wrote {write_heatmap(scan, cells, out, feature)}")
 
 
+# -- skew and delayed labels (eval/skew.py, eval/labels.py) ------------------------------------------
+
+
+def _log_window(start: str, end: str) -> tuple[Path, datetime, datetime]:
+    settings = _settings()
+    lo, hi = _utc_datetime(start), _utc_datetime(end)
+    if lo is None or hi is None or lo >= hi:
+        raise UserError(f"--start {start} must be before --end {end}")
+    return Path(settings.paths.root) / "prediction_log", lo, hi
+
+
+@app.command()
+@command
+def skew(
+    start: Annotated[str, typer.Option(help="First request time (UTC ISO).")],
+    end: Annotated[str, typer.Option(help="End of the request window (UTC ISO, exclusive).")],
+    segment_by: Annotated[str, typer.Option(help="Segment column of the prediction log.")] = "region_id",
+    out: Annotated[Path | None, typer.Option(help="Write the full report as parquet.")] = None,
+) -> None:
+    """Training-serving skew: served feature vectors against Feast historical retrieval of the same rows."""
+    from eval.skew import skew_scan
+
+    log_root, lo, hi = _log_window(start, end)
+    with console.status("recomputing served rows through Feast"):
+        report = skew_scan(_settings(), log_root, lo, hi, segment_by)
+    if out is not None:
+        report.to_parquet(out, index=False)
+    flagged = report[report["skewed"]]
+    columns = [segment_by, "feature", "n", "mismatch_rate", "mismatch_ratio", "wasserstein_norm"]
+    print_table(f"skew: {len(flagged)} of {len(report)} (segment, feature) pairs", columns, flagged[columns].round(4).astype(object).values.tolist())
+
+
+@app.command()
+@command
+def labels(
+    start: Annotated[str, typer.Option(help="First request time (UTC ISO).")],
+    end: Annotated[str, typer.Option(help="End of the request window (UTC ISO, exclusive).")],
+    as_of: Annotated[str | None, typer.Option(help="Labels known by this UTC time (default: --end).")] = None,
+    segment_by: Annotated[str, typer.Option(help="Segment column of the prediction log.")] = "region_id",
+    report: Annotated[Path | None, typer.Option(help="Write maturity, calibration and PIT plots as HTML.")] = None,
+) -> None:
+    """Label maturity and watermarks, realized metrics past them and label-free estimates per segment."""
+    from eval.label_report import segment_scorecard, write_label_report
+    from eval.labels import LABEL_KINDS, completeness_watermark, served_with_labels
+
+    log_root, lo, hi = _log_window(start, end)
+    known = _utc_datetime(as_of) or hi
+    joined = served_with_labels(log_root, Path(_settings().paths.data), lo, hi, known)
+    for kind in LABEL_KINDS:
+        console.print(f"{kind}: {joined[kind].notna().mean():.1%} labelled, completeness watermark {completeness_watermark(joined, known, kind)}")
+    card = segment_scorecard(joined, known, segment_by).round(3).astype(object)
+    print_table(f"by {segment_by}", list(card.columns), card.values.tolist())
+    if report is not None:
+        console.print(f"report: {write_label_report(joined, known, report, segment_by)}")
+
+
 def print_json(payload: Any) -> None:
     console.print_json(json.dumps(payload, default=str))
 

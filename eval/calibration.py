@@ -228,3 +228,42 @@ def platt_apply(score: np.ndarray, a: float, b: float) -> np.ndarray:
     """Probabilities from a Platt fit: ``1 / (1 + exp(−(a·s + b)))``."""
     z = a * np.asarray(score, dtype=np.float64) + b
     return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def pit_from_quantiles(y: np.ndarray, knots: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Probability integral transform ``F̂ᵢ(yᵢ)`` from a few predicted quantiles per row.
+
+    ``knots`` is ``(n, k)``: row ``i``'s predicted quantiles at ``levels`` (``k`` increasing
+    probabilities, e.g. the ETA model's ``(eta_low, eta_minutes, eta_high)`` at ``(0.1, 0.5,
+    0.9)``). ``F̂ᵢ`` interpolates linearly between the knots and continues the outer segments'
+    slopes into the tails, clipped to [0, 1]. Knots are sorted per row first (a point estimate
+    outside its own interval would otherwise fold the CDF). For a calibrated forecast the PIT is
+    uniform on [0, 1] (Dawid 1984; Gneiting, Balabdaoui & Raftery 2007, "Probabilistic
+    forecasts, calibration and sharpness", JRSS B): a U-shaped histogram means intervals too
+    narrow, a hump too wide, a slope bias. With three knots the tails are a linear guess, so
+    read the outer bins together with ``eval.metrics.interval_coverage``.
+    """
+    values = np.asarray(y, dtype=np.float64).ravel()
+    q = np.sort(np.asarray(knots, dtype=np.float64), axis=1)
+    tau = np.asarray(levels, dtype=np.float64).ravel()
+    if q.ndim != 2 or q.shape != (values.size, tau.size) or tau.size < 2:
+        raise ValueError(f"knots must be (n, k) with k = len(levels) ≥ 2 and n = len(y); got {q.shape} for {values.size} rows, {tau.size} levels")
+    if np.any(np.diff(tau) <= 0) or tau[0] <= 0.0 or tau[-1] >= 1.0:
+        raise ValueError("levels must be strictly increasing inside (0, 1)")
+    # Segment j spans knots j..j+1; values left of the first knot use segment 0, right of the last the last one.
+    segment = np.clip((values[:, None] > q).sum(axis=1) - 1, 0, tau.size - 2)
+    rows = np.arange(values.size)
+    lo, hi = q[rows, segment], q[rows, segment + 1]
+    width = hi - lo
+    with np.errstate(invalid="ignore", divide="ignore"):
+        fraction = np.where(width > 0, (values - lo) / width, np.where(values >= hi, 1.0, 0.0))
+    pit = tau[segment] + fraction * (tau[segment + 1] - tau[segment])
+    return np.clip(pit, 0.0, 1.0)
+
+
+def pit_histogram(pit: np.ndarray, n_bins: int = DEFAULT_ECE_BINS) -> tuple[np.ndarray, np.ndarray]:
+    """``(edges, density)``: PIT values in ``n_bins`` equal bins over [0, 1], density 1 when uniform."""
+    values = np.asarray(pit, dtype=np.float64).ravel()
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    count = np.bincount(np.clip((values * n_bins).astype(np.int64), 0, n_bins - 1), minlength=n_bins).astype(np.float64)
+    return edges, count * n_bins / max(values.size, 1) if values.size else np.full(n_bins, np.nan)
