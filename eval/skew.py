@@ -14,9 +14,8 @@ Per (segment, feature) the report gives:
 - ``served_to_offline``: ratio of mean served to mean offline value, so a unit bug reads
   as its factor (0.621 for km/h logged as mph);
 - ``wasserstein_norm``: ``scipy.stats.wasserstein_distance(offline, served) / std(offline)``,
-  the distribution distance the drift scan reports, computed here on the paired rows. This
-  module carries its own copy of that one kernel because ``eval/drift.py`` did not exist when
-  it was written; it should call the drift module's once both are merged.
+  the distribution distance the drift scan reports (``eval.drift.wasserstein_norm``), computed
+  here on the paired rows.
 - ``mismatch_ratio``: median served/offline ratio over the mismatching rows: a unit bug
   reads as its exact factor (0.621 for km/h pushed as mph), a stale cache as a spread;
 - ``skewed``: mismatch rate at least ``min_mismatch`` on at least ``min_rows`` rows.
@@ -34,10 +33,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import wasserstein_distance
 
 from cluster.config import Settings
 from contracts.prediction_log import LOCATION_QUANTA, MODEL_FEATURES, coarsen_location, feature_column
+from eval import drift
 from serve_apps.prediction_log import read_prediction_log
 
 #: Relative tolerance: the log stores float32 (≈ 6e-8 relative precision); values recomputed in
@@ -69,8 +68,7 @@ def normalized_wasserstein(reference: np.ndarray, current: np.ndarray) -> float:
     ref, cur = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
     if not ref.size or not cur.size:
         return float("nan")
-    spread = float(np.std(ref))
-    return float(wasserstein_distance(ref, cur) / spread) if spread > 0 else float("nan")
+    return drift.wasserstein_norm(ref, cur) if float(np.std(ref)) > 0 else float("nan")
 
 
 def feature_skew(served: np.ndarray, offline: np.ndarray, absolute_tolerance: float = 0.0) -> dict[str, float]:
