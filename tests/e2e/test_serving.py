@@ -316,6 +316,20 @@ def test_rollback_and_traffic_change_under_load_drop_nothing(app: App, client: h
     assert codes.count(200) == len(codes), {c: codes.count(c) for c in set(codes)}
 
 
+def _modified_since(path: Path, since: float) -> bool:
+    try:
+        return path.is_file() and path.stat().st_mtime >= since
+    except FileNotFoundError:  # a log rotated away meanwhile
+        return False
+
+
+def _read_if_present(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes() if path.is_file() and path.stat().st_size < 200_000_000 else None
+    except FileNotFoundError:
+        return None
+
+
 def test_after_shutdown_every_served_request_is_logged_once_and_no_pii_is_written(app: App, client: httpx.Client) -> None:
     from serve_apps.prediction_log import read_prediction_log
 
@@ -335,13 +349,12 @@ def test_after_shutdown_every_served_request_is_logged_once_and_no_pii_is_writte
     needles = [b"M000000777", b"M000000042", MEMBER_NAME.encode(), MEMBER_PHONE.encode()]
     needles += [f"{c:.6f}".encode() for c in coordinates] + [struct.pack(f, c) for c in coordinates for f in ("<d", "<f")]
     # Everything under the root (prediction log, registry and its history, reports, feature
-    # store) and the Ray session's logs (router, proxy and controller processes).
-    ray_logs = Path("/tmp/ray/session_latest/logs")
-    files = [*Path(app.settings.paths.root).rglob("*"), *(ray_logs.rglob("*") if ray_logs.is_dir() else [])]
-    for path in files:
-        if path.is_file() and "raw" not in path.parts and path.stat().st_size < 200_000_000:
-            blob = path.read_bytes()
-            assert not any(n in blob for n in needles), f"PII found in {path}"
+    # store) and Serve's logs since the world was built (router replicas, proxy, controller).
+    since = app.config.stat().st_mtime
+    serve_logs = [p for p in Path("/tmp/ray").glob("session_*/logs/serve/*") if _modified_since(p, since)]
+    for path in [*Path(app.settings.paths.root).rglob("*"), *serve_logs]:
+        blob = _read_if_present(path) if "raw" not in path.parts else None
+        assert blob is None or not any(n in blob for n in needles), f"PII found in {path}"
     assert json.dumps(list(table.columns)).count("member_id") == 0
     # Decoded too: zstd-compressed parquet would hide a coordinate from the byte scan.
     floats = table.select_dtypes("number").to_numpy(dtype=np.float64, na_value=np.nan)
