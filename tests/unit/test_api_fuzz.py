@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 from contracts.scoring import SCORE_PATH
 from serve_apps.openapi import openapi_document
 
-FUZZ_EXAMPLES = int(os.environ.get("DISPATCHML_FUZZ_EXAMPLES", "60"))
+FUZZ_EXAMPLES = int(os.environ.get("DISPATCHML_FUZZ_EXAMPLES", "100"))
 #: request ids the fuzzer got a 200 for; the last test checks each was logged.
 ACCEPTED: list[str] = []
 
