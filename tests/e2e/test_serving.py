@@ -2,12 +2,14 @@
 
 One module-scoped app (started with ``dispatchml serve up``, stopped with ``serve down``) on a
 small world the demo built; near-real-time features are pushed through Feast for the jobs the
-tests send. Requests are bounded in count and run against 127.0.0.1 only.
+tests send. Requests are bounded in count and run against 127.0.0.1 only. One test adds a real
+Prometheus server (``prometheus_server.py``) scraping the app with the generated SLO rules.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import struct
@@ -24,6 +26,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_server import PROMETHEUS, PrometheusServer, running_prometheus
 from scipy.stats import binomtest
 
 from cluster.config import Settings, load_settings
@@ -259,6 +263,49 @@ def test_the_service_listens_on_loopback_only(app: App, client: httpx.Client) ->
     addresses = _listening_addresses(app.settings.serving.port)
     assert addresses, f"nothing listens on port {app.settings.serving.port}"
     assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
+
+
+@pytest.fixture
+def prometheus(app: App, tmp_path: Path) -> Iterator[PrometheusServer]:
+    """A Prometheus server scraping the app for one test, stopped right after it."""
+    if not PROMETHEUS.exists():
+        pytest.skip(f"{PROMETHEUS} is not installed (./install.sh installs it)")
+    with running_prometheus(app.settings, tmp_path / "prometheus", _free_port()) as server:
+        yield server
+
+
+def test_prometheus_ingests_the_request_counter_and_evaluates_the_slo_rules(
+    app: App, client: httpx.Client, prometheus: PrometheusServer
+) -> None:
+    score_requests = f'sum(dispatchml_requests_total{{endpoint="{SCORE_PATH}"}})'
+    # Scraped once before the requests, so the counter rises inside every rate() window.
+    prometheus.wait_for("a first scrape of the app", lambda: prometheus.query(score_requests))
+    for i in range(20):
+        assert app.score(client, app.request(f"J-prometheus-{i}")).status_code == 200
+    # No score request follows until this test ends, so the app's own counter is the target.
+    served = sum(
+        sample.value for family in text_string_to_metric_families(client.get(app.url + "/metrics").text) for sample in family.samples
+        if sample.name == "dispatchml_requests_total" and sample.labels["endpoint"] == SCORE_PATH
+    )
+    assert served >= 20
+    prometheus.wait_for(f"{score_requests} == {served}", lambda: [r for r in prometheus.query(score_requests) if float(r["value"][1]) == served])
+    def recorded(slo: str) -> list[float]:  # NaN until a scrape with the new requests is inside the window
+        values = [float(r["value"][1]) for r in prometheus.query(f'dispatchml:slo_errors:ratio_rate5m{{slo="{slo}"}}')]
+        return [v for v in values if not math.isnan(v)]
+
+    assert prometheus.wait_for("the availability error ratio recorded", lambda: recorded("availability")) == [0.0]  # 200s and 4xx only
+    latency = prometheus.wait_for("the latency error ratio recorded", lambda: recorded("latency"))
+    assert 0.0 <= latency[0] <= 1.0  # how many were slower than 120 ms depends on the machine's load
+
+    def rules_evaluated() -> list[dict]:
+        rules = [rule for group in prometheus.api("rules")["groups"] for rule in group["rules"]]
+        return rules if rules and all(r["health"] == "ok" for r in rules) else []
+
+    rules = prometheus.wait_for("every rule evaluated without error", rules_evaluated)
+    assert {r["name"] for r in rules if r["type"] == "alerting"} == {
+        "ScoreAvailabilityBudgetBurnPage", "ScoreAvailabilityBudgetBurnTicket", "ScoreLatencyBudgetBurnPage", "ScoreLatencyBudgetBurnTicket"
+    }
+    assert not prometheus.query('ALERTS{slo="availability"}'), "no 5xx, yet an availability alert"
 
 
 def test_admin_rejects_missing_and_wrong_tokens(app: App, client: httpx.Client) -> None:
