@@ -95,6 +95,10 @@ class BacktestResult:
     scored_rows: int
     seconds: float
     paths: dict[str, Path] = field(default_factory=dict)
+    #: Wall seconds of the driver's stages (``score``, ``metrics``, ``write``) and, summed over
+    #: actors, their seconds in point-in-time features + labels (``actor_features``) and in
+    #: model scoring (``actor_predict``): where a backtest's time goes.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
 def chunks(start: datetime, end: datetime, chunk_days: int) -> list[dict[str, str]]:
@@ -148,6 +152,7 @@ class ChunkScorer:
 
     def score(self, start: datetime, end: datetime) -> pd.DataFrame:
         spec = self.spec
+        t0 = time.perf_counter()
         try:
             frame = build_training_set(self.settings, self.data_root, start, end, "eta")
         except TrainingSetError as exc:
@@ -167,6 +172,7 @@ class ChunkScorer:
         features = np.ascontiguousarray(frame[list(model_features())].to_numpy(dtype=np.float64))
         job_ids = frame["job_id"].to_numpy()
         base = frame[[*self.keep, "arrival_minutes", "accepted", "realized_wait_minutes"]]
+        t1 = time.perf_counter()
         scored = []
         for version, bundle in self.bundles.items():
             s = bundle.score_array(features, job_ids)
@@ -175,7 +181,7 @@ class ChunkScorer:
                 p_accept=s.p_accept, expected_wait_minutes=s.expected_wait_minutes,
             ))
         if self.counter is not None:
-            self.counter.add.remote(1)
+            self.counter.add.remote(1, t1 - t0, time.perf_counter() - t1)
         return pd.concat(scored, ignore_index=True)
 
 
@@ -251,12 +257,18 @@ class ChunkCounter:
 
     def __init__(self) -> None:
         self.done = 0
+        self.seconds = {"actor_features": 0.0, "actor_predict": 0.0}
 
-    def add(self, n: int) -> None:
+    def add(self, n: int, feature_seconds: float, predict_seconds: float) -> None:
         self.done += n
+        self.seconds["actor_features"] += feature_seconds
+        self.seconds["actor_predict"] += predict_seconds
 
     def value(self) -> int:
         return self.done
+
+    def stage_seconds(self) -> dict[str, float]:
+        return dict(self.seconds)
 
 
 def _watch(counter: Any, total: int, progress: Progress | None, stop: threading.Event) -> None:
@@ -299,6 +311,7 @@ def run_backtest(settings: Settings, spec: BacktestSpec, progress: Progress | No
         watcher.join()
     if progress:
         progress(len(spans), len(spans))
+    stages = {"score": time.perf_counter() - t0, **ray.get(counter.stage_seconds.remote())}
     n_scored = scored.count()
     if n_scored == 0:
         raise BacktestError(f"no candidates requested between {spec.start:%Y-%m-%d} and {spec.end:%Y-%m-%d} under {settings.paths.data}")
@@ -313,12 +326,14 @@ def run_backtest(settings: Settings, spec: BacktestSpec, progress: Progress | No
     # Arrow hands timestamps back as an Arrow-backed dtype; plain datetime64 keeps parquet and joins simple.
     metrics["window_start"] = pd.to_datetime(metrics["window_start"], utc=True).astype("datetime64[ns, UTC]")
     sums = scored.map_batches(calibration_sums, fn_kwargs={"segments": spec.segments}, batch_format="pandas").to_pandas()
+    stages["metrics"] = time.perf_counter() - t0 - stages["score"]
     result = BacktestResult(
         metrics=metrics.sort_values(list(CELL_KEYS) + ["metric"], kind="stable").reset_index(drop=True),
         calibration=calibration_curves(sums),
         versions=versions,
         scored_rows=n_scored // len(versions),
         seconds=time.perf_counter() - t0,
+        stage_seconds=stages,
     )
     out = Path(spec.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -326,4 +341,6 @@ def run_backtest(settings: Settings, spec: BacktestSpec, progress: Progress | No
     result.metrics.to_parquet(result.paths["metrics"], index=False)
     result.calibration.to_parquet(result.paths["calibration"], index=False)
     write_report(result, spec, result.paths["report"])
+    result.stage_seconds["write"] = time.perf_counter() - t0 - result.seconds
+    result.seconds = time.perf_counter() - t0
     return result

@@ -33,8 +33,8 @@ from simulator.run import SimulationSpec, simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-START = date(2026, 1, 1)
-DAYS = 36
+START = date(2026, 1, 12)
+DAYS = 25
 BACKTEST_START = datetime(2026, 1, 26, tzinfo=UTC)  # a Monday
 AS_OF = datetime(2026, 2, 6, tzinfo=UTC)  # the end of the simulated span
 SEGMENTS = ("region_id", "line_of_business", "hour_of_day")
@@ -49,7 +49,7 @@ def _settings(root: Path) -> Settings:
         }),
         "world": base.world.model_copy(update={"cells": 60, "regions": 3, "providers": 120}),
         "train": base.train.model_copy(update={
-            "window_days": 14, "holdout_days": 3, "num_boost_round": 15, "num_leaves": 7, "num_threads": 1,
+            "window_days": 7, "holdout_days": 2, "num_boost_round": 15, "num_leaves": 7, "num_threads": 1,
         }),
     })
 
