@@ -314,6 +314,37 @@ def demo(
     console.print(f"explore: dispatchml --config {result.config_path} models list")
 
 
+@app.command()
+@command
+def backtest(
+    version: Annotated[list[str], typer.Option(help="Dispatch version or alias to score (repeatable).")] = ["champion"],  # noqa: B006
+    start: Annotated[str | None, typer.Option(help="First request time, UTC (default: start of the data).")] = None,
+    end: Annotated[str | None, typer.Option(help="Requests before this UTC time (default: as-of).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Count labels known by this UTC time (default: end of the data).")] = None,
+    segment: Annotated[list[str] | None, typer.Option(help="Segment column (repeatable; default region, cohort, LoB, hour).")] = None,
+    window: Annotated[list[str] | None, typer.Option(help="Time window kind: week, month (repeatable; default both).")] = None,
+    chunk_days: Annotated[int, typer.Option(min=1, help="Date partitions per scoring task.")] = 1,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: <paths.reports>/backtest).")] = None,
+) -> None:
+    """Score registry versions side by side over history on Ray Data: metrics by week/month x segment, HTML report."""
+    from eval.backtest import DEFAULT_SEGMENTS, WINDOWS, BacktestSpec, run_backtest
+    from retrain.pipeline import data_span
+
+    settings = _settings()
+    span_start, span_end = data_span(Path(settings.paths.data))
+    as_of_at = _utc_datetime(as_of) or span_end
+    spec = BacktestSpec(
+        versions=tuple(version), start=_utc_datetime(start) or span_start, end=_utc_datetime(end) or as_of_at, as_of=as_of_at,
+        out=out or Path(settings.paths.reports) / "backtest", segments=tuple(segment or DEFAULT_SEGMENTS), windows=tuple(window or WINDOWS), chunk_days=chunk_days,
+    )
+    with progress_bar() as bar:
+        task = bar.add_task("scoring date chunks", total=None)
+        result = run_backtest(settings, spec, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"scored {result.scored_rows:,} candidate rows x {len(result.versions)} versions in {result.seconds:.1f} s")
+    for name, path in result.paths.items():
+        console.print(f"  {name}: {path}")
+
+
 @serve_app.command("up")
 @command
 def serve_up(timeout: Annotated[float, typer.Option(help="Seconds to wait for /readyz.")] = 300.0) -> None:

@@ -169,8 +169,13 @@ def build_training_set(
     return frame
 
 
-def read_labels(data_root: Path, as_of: datetime) -> pd.DataFrame:
-    """Every label row known by ``as_of``. Labels are partitioned by the day they became known."""
+def read_labels(data_root: Path, as_of: datetime, known_from: date | datetime | None = None) -> pd.DataFrame:
+    """Every label row known by ``as_of``. Labels are partitioned by the day they became known.
+
+    ``known_from`` skips the partitions of labels known before it: a backtest chunk of requests
+    from ``start`` on can only have labels known from ``start`` on, so it reads its own slice
+    of the label history instead of all of it.
+    """
     directory = table_dir(Path(data_root), "labels")
     if not directory.exists():
         raise TrainingSetError(f"{directory} does not exist; no labels have been written under {data_root}")
@@ -178,6 +183,8 @@ def read_labels(data_root: Path, as_of: datetime) -> pd.DataFrame:
     dataset = ds.dataset(directory, format="parquet", partitioning=_PARTITIONING)
     known = ds.field("known_at") <= pa.scalar(as_of, type=pa.timestamp("us", tz="UTC"))
     selection = (ds.field("date") <= as_of.date().isoformat()) & known
+    if known_from is not None:
+        selection &= ds.field("date") >= _utc_bound(known_from).date().isoformat()
     return dataset.to_table(filter=selection).to_pandas().drop(columns=["date"], errors="ignore")
 
 
