@@ -1,6 +1,8 @@
 """Streams the simulated warehouse to date-partitioned parquet with bounded memory.
 
-Daily tables get one file per date, appended an hour (one row group) at a time. Labels are
+Daily tables get one file per date, appended in row groups of at least ``ROW_GROUP_ROWS`` rows
+(an hour at the real rate; many hours of a small test world, whose per-hour row groups made
+writing, not simulating, the cost of a simulated year). Labels are
 partitioned by the date they became *known*, which can be days after the job, so a writer per
 known-date stays open until no job still being simulated can produce a label for that date.
 Labels known after the end of the simulated span are not written: the warehouse has not seen
@@ -29,6 +31,8 @@ from simulator.live_state import US_PER_DAY
 from simulator.scenarios import ActiveIncidents
 
 COMPRESSION = "zstd"
+#: Rows buffered per open file before a row group is written: bounds memory per open file.
+ROW_GROUP_ROWS = 65_536
 
 
 def _day_of(us: int) -> date:
@@ -41,6 +45,7 @@ class PartitionedWriter:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self._open: dict[tuple[str, date], pq.ParquetWriter] = {}
+        self._pending: dict[tuple[str, date], list[pa.Table]] = {}
         self.rows: Counter[str] = Counter()
 
     def write(self, table_name: str, schema: pa.Schema, day: date, table: pa.Table) -> None:
@@ -53,11 +58,23 @@ class PartitionedWriter:
             d.mkdir(parents=True, exist_ok=True)
             writer = pq.ParquetWriter(d / "part-0.parquet", schema, compression=COMPRESSION)
             self._open[key] = writer
-        writer.write_table(table)
+            self._pending[key] = []
+        pending = self._pending[key]
+        pending.append(table)
         self.rows[table_name] += table.num_rows
+        if sum(t.num_rows for t in pending) >= ROW_GROUP_ROWS:
+            self._flush(key)
+
+    def _flush(self, key: tuple[str, date]) -> None:
+        pending = self._pending[key]
+        if pending:
+            self._open[key].write_table(pa.concat_tables(pending))
+            pending.clear()
 
     def close_before(self, day: date, table_name: str | None = None) -> None:
         for key in [k for k in self._open if k[1] < day and (table_name is None or k[0] == table_name)]:
+            self._flush(key)
+            del self._pending[key]
             self._open.pop(key).close()
 
     def close(self) -> None:
