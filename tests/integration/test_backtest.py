@@ -1,10 +1,11 @@
 """``dispatchml backtest`` on a small simulated world, two registry versions, on a local Ray.
 
-The world is tiny (60 cells, 3 regions, 120 providers, ~600 events/day) so the whole module
-stays within its CI budget; it spans enough weeks and two calendar months that the week and
-month windows both have several cells. The check that matters: every metric the Ray job
-reports equals the pure kernels recomputed here with pandas on the same rows (one
-point-in-time frame for the whole window, no Ray), for every version, window and segment.
+The world is tiny (60 cells, 3 regions, 120 providers, ~300 events/day) and spans a simulated
+year, so the whole module stays within its CI budget: the champion is backtested over the
+whole year (every week and month window), and two versions side by side over its last two
+weeks, where the check that matters runs: every metric the Ray job reports equals the pure
+kernels recomputed here with pandas on the same rows (one point-in-time frame for the whole
+window, no Ray), for every version, window and segment.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from simulator.run import SimulationSpec, simulate
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-START = date(2026, 1, 12)
-DAYS = 25
+START = date(2025, 2, 6)
+DAYS = 365
 BACKTEST_START = datetime(2026, 1, 26, tzinfo=UTC)  # a Monday
 AS_OF = datetime(2026, 2, 6, tzinfo=UTC)  # the end of the simulated span
 SEGMENTS = ("region_id", "line_of_business", "hour_of_day")
@@ -58,7 +59,7 @@ def _settings(root: Path) -> Settings:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = _settings(tmp_path_factory.mktemp("backtest"))
     simulate(SimulationSpec(
-        out=Path(settings.paths.data), days=DAYS, events_per_day=600, seed=5, start=START,
+        out=Path(settings.paths.data), days=DAYS, events_per_day=300, seed=5, start=START,
         cells=60, regions=3, providers=120,
     ))
     apply(settings)
@@ -113,6 +114,27 @@ def backtest(world: Settings, local_ray: object) -> tuple[BacktestSpec, Backtest
         out=Path(world.paths.reports) / "backtest", segments=SEGMENTS, chunk_days=6,
     )
     return spec, run_backtest(world, spec)
+
+
+@pytest.fixture(scope="module")
+def year_backtest(world: Settings, local_ray: object) -> BacktestResult:
+    spec = BacktestSpec(
+        versions=("champion",), start=datetime.combine(START, datetime.min.time(), UTC), end=AS_OF, as_of=AS_OF,
+        out=Path(world.paths.reports) / "backtest-year", segments=("region_id",), chunk_days=28,
+    )
+    return run_backtest(world, spec)
+
+
+def test_a_simulated_year_is_backtested_in_every_week_and_month(year_backtest: BacktestResult) -> None:
+    metrics = year_backtest.metrics
+    months = set(pd.to_datetime(metrics.loc[metrics["window"] == "month", "window_start"], utc=True))
+    weeks = set(pd.to_datetime(metrics.loc[metrics["window"] == "week", "window_start"], utc=True))
+    assert months == set(pd.date_range("2025-02-01", "2026-02-01", freq="MS", tz="UTC"))
+    assert weeks == set(pd.date_range("2025-02-03", "2026-02-02", freq="W-MON", tz="UTC"))
+    monthly_mae = metrics[(metrics["window"] == "month") & (metrics["segment"] == "all") & (metrics["metric"] == "eta.mae")]
+    assert len(monthly_mae) == 13 and (monthly_mae["n"] > 0).all() and np.isfinite(monthly_mae["value"]).all()
+    per_region = metrics[(metrics["window"] == "month") & (metrics["segment"] == "region_id")]
+    assert set(per_region["segment_value"]) == {"0", "1", "2"}
 
 
 def _recomputed_rows(settings: Settings, versions: dict[str, str]) -> pd.DataFrame:
