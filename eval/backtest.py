@@ -41,7 +41,7 @@ from eval.calibration import DEFAULT_ECE_BINS, reliability_table
 from eval.scorecard import SCORED_COLUMNS, ScoredRows, scorecard
 from retrain.ranking import DispatchBundle
 from retrain.registry import ModelRegistry
-from retrain.training_set import TrainingSetError, _read_window, attach_labels, build_training_set, read_labels
+from retrain.training_set import TrainingSetError, attach_labels, build_training_set, read_labels, read_window
 
 #: Segment columns of the default report; any column of the training frame also works.
 DEFAULT_SEGMENTS: tuple[str, ...] = ("region_id", "provider_cohort", "line_of_business", "hour_of_day")
@@ -166,7 +166,7 @@ class ChunkScorer:
         if missing:
             raise BacktestError(f"segment columns {missing} are not in the feature frame; use key, feature or hour_of_day columns")
         frame = attach_labels(frame, read_labels(self.data_root, spec.as_of, known_from=start), spec.as_of)
-        events = _read_window(
+        events = read_window(
             self.data_root, "dispatch/events", ("job_id", "provider_id", "event_type", "event_ts"),
             start, min(end + _EVENT_HORIZON, spec.as_of), "event_ts",
         )

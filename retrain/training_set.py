@@ -68,7 +68,7 @@ def _partition_days(start: datetime, end: datetime) -> list[str]:
     return [(start.date() + timedelta(days=i)).isoformat() for i in range((last - start.date()).days + 1)]
 
 
-def _read_window(
+def read_window(
     root: Path, table: str, columns: Iterable[str], start: datetime, end: datetime, ts_column: str
 ) -> pd.DataFrame:
     """Rows of a date-partitioned table with ``start <= ts_column < end``, reading only their partitions."""
@@ -89,8 +89,8 @@ def entity_frame(data_root: Path, start: date | datetime, end: date | datetime) 
     ``build_training_set`` drops them again after the request features are computed.
     """
     lo, hi = _utc_bound(start), _utc_bound(end)
-    candidates = _read_window(data_root, "dispatch/candidates", KEY_COLUMNS, lo, hi, "request_ts")
-    locations = _read_window(data_root, "raw/requests", ("job_id", "job_lat", "job_lon"), lo, hi, "request_ts")
+    candidates = read_window(data_root, "dispatch/candidates", KEY_COLUMNS, lo, hi, "request_ts")
+    locations = read_window(data_root, "raw/requests", ("job_id", "job_lat", "job_lon"), lo, hi, "request_ts")
     frame = candidates.merge(locations.drop_duplicates("job_id"), on="job_id", how="left", validate="many_to_one")
     frame[_EVENT_TIMESTAMP] = frame["request_ts"]
     return frame
