@@ -17,6 +17,8 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 
+from eval.html_report import write_page
+
 if TYPE_CHECKING:
     from eval.backtest import BacktestResult, BacktestSpec
 
@@ -69,22 +71,13 @@ def headline_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 def write_report(result: BacktestResult, spec: BacktestSpec, path: Path) -> Path:
     """Write the report to ``path``; returns it."""
-    parts = [
-        "<html><head><meta charset='utf-8'><title>dispatchml backtest</title></head><body>",
-        "<h1>Backtest</h1>",
+    summary = (
         f"<p>Requests {spec.start:%Y-%m-%d %H:%M} to {spec.end:%Y-%m-%d %H:%M} UTC, labels known by "
         f"{spec.as_of:%Y-%m-%d %H:%M} UTC; {result.scored_rows:,} candidate rows per version; "
         f"versions {html.escape(', '.join(f'{ref} = {v}' for ref, v in result.versions.items()))}. "
-        "Intervals are 95 % (see <code>eval/confidence.py</code>).</p>",
-        "<h2>Mean of monthly values, all segments</h2>",
-        headline_table(result.metrics).to_html(float_format=lambda x: f"{x:.4f}"),
-    ]
+        "Intervals are 95 % (see <code>eval/confidence.py</code>).</p>"
+    )
     figures = [metrics_over_time(result.metrics, w, s) for w in spec.windows for s in ("all", *spec.segments)]
     figures += [calibration_figure(result.calibration, s) for s in ("all", *spec.segments)]
-    for i, figure in enumerate(figures):
-        parts.append(figure.to_html(full_html=False, include_plotlyjs=(i == 0)))
-    parts.append("</body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    headline = headline_table(result.metrics).to_html(float_format=lambda x: f"{x:.4f}")
+    return write_page(path, "Backtest", [summary, "<h2>Mean of monthly values, all segments</h2>", headline, *figures])

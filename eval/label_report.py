@@ -23,6 +23,7 @@ import plotly.graph_objects as go
 
 from eval.calibration import expected_calibration_error, pit_from_quantiles, pit_histogram, reliability_table
 from eval.estimation import acceptance_estimate, realized_acceptance
+from eval.html_report import write_page
 from eval.labels import completeness_watermark, matured, maturity_table
 from eval.metrics import interval_coverage, mae
 
@@ -124,12 +125,6 @@ def _pit_figure(joined: pd.DataFrame, as_of: datetime, segment: str) -> go.Figur
 def write_label_report(joined: pd.DataFrame, as_of: datetime, out: Path, segment: str = "region_id") -> Path:
     """One HTML file: maturity curves, reliability diagrams, PIT histograms and the scorecard."""
     figures = [_maturity_figure(joined, as_of), _reliability_figure(joined, as_of, segment), _pit_figure(joined, as_of, segment)]
-    parts = [f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures)]
     scorecard = segment_scorecard(joined, as_of, segment).round(4).to_html(index=False)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        f"<html><head><meta charset='utf-8'><title>Labels and calibration as of {as_of:%Y-%m-%d %H:%M} UTC</title></head><body>"
-        f"<h1>Labels and calibration as of {as_of:%Y-%m-%d %H:%M} UTC</h1>{''.join(parts)}<h2>Scorecard by {segment}</h2>{scorecard}</body></html>"
-    )
-    return out
+    title = f"Labels and calibration as of {as_of:%Y-%m-%d %H:%M} UTC"
+    return write_page(out, title, [*figures, f"<h2>Scorecard by {segment}</h2>", scorecard])
