@@ -26,7 +26,7 @@ from scipy.stats import rankdata
 DEFAULT_ECE_BINS = 10
 
 
-def _labels_and_probs(y_true: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def labels_and_probs(y_true: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     y = np.asarray(y_true, dtype=np.float64).ravel()
     q = np.asarray(p, dtype=np.float64).ravel()
     if y.shape != q.shape:
@@ -54,7 +54,7 @@ def reliability_table(y_true: np.ndarray, p: np.ndarray, n_bins: int = DEFAULT_E
     """
     if n_bins < 1:
         raise ValueError(f"n_bins must be ≥ 1, got {n_bins}")
-    y, q = _labels_and_probs(y_true, p)
+    y, q = labels_and_probs(y_true, p)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     idx = np.clip((q * n_bins).astype(np.int64), 0, n_bins - 1)
     count = np.bincount(idx, minlength=n_bins).astype(np.float64)
@@ -88,7 +88,7 @@ def brier_score(y_true: np.ndarray, p: np.ndarray) -> float:
     Matches ``sklearn.metrics.brier_score_loss``. A proper scoring rule: it rewards calibration
     and sharpness together.
     """
-    y, q = _labels_and_probs(y_true, p)
+    y, q = labels_and_probs(y_true, p)
     return float(np.mean((q - y) ** 2)) if y.size else float("nan")
 
 
@@ -99,7 +99,7 @@ def log_loss(y_true: np.ndarray, p: np.ndarray) -> float:
     ``sklearn.metrics.log_loss`` does, so a confident wrong answer costs ≈ 36 nats rather than
     infinity.
     """
-    y, q = _labels_and_probs(y_true, p)
+    y, q = labels_and_probs(y_true, p)
     if not y.size:
         return float("nan")
     eps = np.finfo(np.float64).eps
@@ -115,7 +115,7 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
     ``nan`` when only one class is present, where AUC is undefined (sklearn raises instead; a
     segment where every offer was accepted is not an error here).
     """
-    y, s = _labels_and_probs(y_true, score)
+    y, s = labels_and_probs(y_true, score)
     n_pos = float(y.sum())
     n_neg = float(y.size - n_pos)
     if n_pos == 0 or n_neg == 0:
@@ -126,7 +126,7 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 def acceptance_report(y_true: np.ndarray, p_accept: np.ndarray) -> dict[str, float]:
     """The acceptance model's offline scorecard: calibration, proper scores and discrimination."""
-    y, q = _labels_and_probs(y_true, p_accept)
+    y, q = labels_and_probs(y_true, p_accept)
     return {
         "ece": expected_calibration_error(y, q),
         "brier": brier_score(y, q),
@@ -148,7 +148,7 @@ def isotonic_fit(score: np.ndarray, y_true: np.ndarray) -> tuple[np.ndarray, np.
     ("Transforming classifier scores into accurate multiclass probability estimates", KDD).
     """
     s = np.asarray(score, dtype=np.float64).ravel()
-    y, _ = _labels_and_probs(y_true, s)
+    y, _ = labels_and_probs(y_true, s)
     if s.size == 0:
         raise ValueError("isotonic_fit needs at least one calibration row")
     thresholds, inverse = np.unique(s, return_inverse=True)
@@ -186,7 +186,7 @@ def platt_fit(score: np.ndarray, y_true: np.ndarray, max_iter: int = 100, tol: f
     right shape.
     """
     s = np.asarray(score, dtype=np.float64).ravel()
-    y, _ = _labels_and_probs(y_true, s)
+    y, _ = labels_and_probs(y_true, s)
     if s.size == 0:
         raise ValueError("platt_fit needs at least one calibration row")
     n_pos = y.sum()

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eval.calibration import _labels_and_probs, brier_score, log_loss
+from eval.calibration import brier_score, labels_and_probs, log_loss
 
 
 def _probabilities(p: np.ndarray) -> np.ndarray:
@@ -78,7 +78,7 @@ def acceptance_estimate(p_accept: np.ndarray) -> dict[str, float]:
 
 def realized_acceptance(accepted: np.ndarray, p_accept: np.ndarray) -> dict[str, float]:
     """The same scorecard from labels, for comparing with ``acceptance_estimate``."""
-    y, q = _labels_and_probs(accepted, p_accept)
+    y, q = labels_and_probs(accepted, p_accept)
     return {
         "brier": brier_score(y, q),
         "log_loss": log_loss(y, q),
