@@ -33,6 +33,8 @@ class PathsSettings(_Section):
     registry: Path = Path("var/registry")
     feature_store: Path = Path("var/feature_store")
     reports: Path = Path("var/reports")
+    #: The append-only event log of model-quality events and actions (``cluster/event_log.py``).
+    events: Path = Path("var/events")
 
 
 class WorldSettings(_Section):

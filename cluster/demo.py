@@ -75,6 +75,7 @@ def demo_settings(base: Settings, options: DemoOptions) -> Settings:
                     "registry": root / "registry",
                     "feature_store": root / "feature_store",
                     "reports": root / "reports",
+                    "events": root / "events",
                 }
             ),
             "world": base.world.model_copy(
