@@ -28,7 +28,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 EventKind = Literal["data_quality", "drift", "prediction_drift", "concept_drift", "skew", "calibration", "estimated_performance", "slo_burn", "release"]
 Severity = Literal["info", "ticket", "page"]
 EventState = Literal["firing", "resolved"]
-ActionKind = Literal["page", "ticket", "fallback_feature_group", "retrain", "shadow", "canary_advance", "promote", "rollback", "none"]
+ActionKind = Literal["page", "ticket", "fallback_feature_group", "restore_feature_group", "retrain", "shadow", "canary_advance", "promote", "rollback", "none"]
 ActionStatus = Literal["suggested", "taken", "failed", "skipped"]
 
 EVENT_KINDS: tuple[str, ...] = get_args(EventKind)
