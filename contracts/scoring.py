@@ -210,6 +210,8 @@ class DegradationReason(StrEnum):
     MODEL_ERROR = "model_error"
     MODEL_TIMEOUT = "model_timeout"
     BREAKER_OPEN = "breaker_open"
+    #: The group is quarantined by a data-quality incident (``serve_apps.traffic_state``).
+    QUARANTINED = "quarantined"
 
 
 class Degradation(_Contract):

@@ -71,7 +71,15 @@ from serve_apps.scoring import (
     scored_candidates,
 )
 from serve_apps.traffic import TrafficPolicy, assign_arm
-from serve_apps.traffic_state import change_traffic, live_policy, read_state, traffic_path
+from serve_apps.traffic_state import (
+    Quarantine,
+    change_traffic,
+    live_policy,
+    quarantine_path,
+    read_quarantine,
+    read_state,
+    traffic_path,
+)
 
 log = logging.getLogger("ray.serve")
 
@@ -244,6 +252,8 @@ class DispatchRouter:
         self.admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
         self.policy: TrafficPolicy | None = None
         self._policy_stamp: tuple[float, int] | None = None
+        self.quarantine = Quarantine()
+        self._quarantine_stamp: float | None = None
         self._reload_policy()
         self._shadow_tasks: set[asyncio.Task] = set()
 
@@ -267,6 +277,11 @@ class DispatchRouter:
                     self.policy.challenger_weight,
                     {"champion": self.policy.champion, "challenger": self.policy.challenger, "fallback": fallback.version if fallback else None},
                 )
+        quarantine_file = quarantine_path(self.registry.root)
+        quarantine_stamp = quarantine_file.stat().st_mtime if quarantine_file.exists() else 0.0
+        if quarantine_stamp != self._quarantine_stamp:
+            self.quarantine = read_quarantine(self.registry.root)
+            self._quarantine_stamp = quarantine_stamp
         self._policy_checked = time.monotonic()
 
     def _current_policy(self) -> TrafficPolicy | None:
@@ -344,8 +359,8 @@ class DispatchRouter:
             return problem(422, "invalid_request", problems=[{"field": "location", "rule": str(exc)}])
 
         self.refresher.hot.touch(job.provider_ids, job.cell_id, job.region_id)
-        use_fallback, degradations = feature_degradations(job.features)
         policy = self._current_policy()
+        use_fallback, degradations = feature_degradations(job.features, self.quarantine.groups_for(job.region_id))
         arm = assign_arm(job.job_id, policy) if policy is not None else "champion"
         raw: dict[str, Any] | None = None
         if policy is None:

@@ -143,10 +143,17 @@ def prepare_job(
     )
 
 
-def feature_degradations(features: CandidateFeatures) -> tuple[bool, list[Degradation]]:
-    """(use the fallback model?, what to report) from each group's status for this job."""
-    degradations: list[Degradation] = []
-    use_fallback = False
+def feature_degradations(features: CandidateFeatures, quarantined: frozenset[str] = frozenset()) -> tuple[bool, list[Degradation]]:
+    """(use the fallback model?, what to report) from each group's status for this job.
+
+    A ``quarantined`` group (an open data-quality incident in the job's region) sends the job to
+    the fallback whatever its status: its values are present and fresh, but wrong.
+    """
+    degradations: list[Degradation] = [
+        Degradation(component=name, reason=DegradationReason.QUARANTINED, detail=f"{name} quarantined by a data-quality incident")
+        for name in sorted(quarantined)
+    ]
+    use_fallback = bool(quarantined)
     for g in REQUIRED_LIVE_GROUPS:
         codes = features.status[g.name]
         unusable = codes == FeatureStatus.MISSING
@@ -154,6 +161,8 @@ def feature_degradations(features: CandidateFeatures) -> tuple[bool, list[Degrad
         if (g.entity == "provider" and share > MAX_MISSING_PROVIDER_SHARE) or (g.entity != "provider" and share > 0):
             use_fallback = True
     for name, worst in features.degraded_groups().items():
+        if name in quarantined:
+            continue
         g = group(name)
         if g.cadence == "batch" and worst == FeatureStatus.MISSING and not np.all(features.status[name] == FeatureStatus.MISSING):
             continue

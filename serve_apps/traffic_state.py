@@ -1,4 +1,6 @@
-"""Where the live traffic split is kept: ``<registry>/dispatch/traffic.json``, beside the aliases.
+"""Live routing state every router replica polls: the traffic split and the feature-group quarantine.
+
+The traffic split is kept in ``<registry>/dispatch/traffic.json``, beside the aliases.
 
 The registry aliases say *which* versions are champion and challenger; this file says *how much*
 traffic the challenger gets, whether it shadows, and where the canary ramp stands. Both are
@@ -16,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from contracts.features import group
 from retrain.registry import ModelRegistry
 from serve_apps.traffic import TrafficPolicy
 
@@ -50,11 +53,15 @@ def read_state(registry_root: Path | str) -> TrafficState:
 
 
 def write_state(registry_root: Path | str, state: TrafficState) -> None:
-    path = traffic_path(registry_root)
+    _write_json_atomically(traffic_path(registry_root), asdict(state))
+
+
+def _write_json_atomically(path: Path, payload: object) -> None:
+    """Temp file + fsync + ``os.replace``: a polling replica reads the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".traffic-", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
     with os.fdopen(fd, "w") as handle:
-        json.dump(asdict(state), handle, indent=2)
+        json.dump(payload, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
@@ -119,3 +126,68 @@ def change_traffic(
     state.changed_by, state.reason = changed_by, reason
     write_state(registry_root, state)
     return state
+
+
+# -- feature-group quarantine --------------------------------------------------------------------
+#
+# When an upstream data-quality incident hits a feature group (a feed switching units in one
+# region, say), the policy (``retrain/policy.py``) answers with ``fallback_feature_group``: jobs
+# in the affected regions are served by the fallback model, which reads no stored features, until
+# the incident resolves. The quarantine is a file beside the traffic split, polled the same way,
+# so it reaches every replica within a second, survives restarts and is auditable.
+
+QUARANTINE_FILE = "quarantine.json"
+
+
+@dataclass(frozen=True)
+class QuarantineEntry:
+    """``feature_group`` is unusable in ``region_ids`` (all regions when empty) until lifted."""
+
+    feature_group: str
+    region_ids: tuple[int, ...]
+    incident_key: str
+    reason: str
+    since: str
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    entries: tuple[QuarantineEntry, ...] = ()
+
+    def groups_for(self, region_id: int) -> frozenset[str]:
+        """The feature groups that must not be used for a job in ``region_id``."""
+        return frozenset(e.feature_group for e in self.entries if not e.region_ids or region_id in e.region_ids)
+
+
+def quarantine_path(registry_root: Path | str) -> Path:
+    return Path(registry_root) / "dispatch" / QUARANTINE_FILE
+
+
+def read_quarantine(registry_root: Path | str) -> Quarantine:
+    path = quarantine_path(registry_root)
+    if not path.exists():
+        return Quarantine()
+    raw = json.loads(path.read_text())
+    return Quarantine(tuple(QuarantineEntry(**{**e, "region_ids": tuple(e["region_ids"])}) for e in raw["entries"]))
+
+
+def quarantine_group(
+    registry_root: Path | str, feature_group: str, region_ids: tuple[int, ...], *, incident_key: str, reason: str
+) -> Quarantine:
+    """Add (or replace, for the same incident and group) a quarantine entry; returns the new state."""
+    group(feature_group)  # the catalogue refuses an unknown name
+    current = read_quarantine(registry_root)
+    kept = tuple(e for e in current.entries if (e.incident_key, e.feature_group) != (incident_key, feature_group))
+    entry = QuarantineEntry(feature_group, tuple(sorted(region_ids)), incident_key, reason, datetime.now(UTC).isoformat())
+    return _write_quarantine(registry_root, Quarantine((*kept, entry)))
+
+
+def lift_quarantine(registry_root: Path | str, *, incident_key: str) -> Quarantine:
+    """Remove every entry the incident put in place; returns the new state."""
+    current = read_quarantine(registry_root)
+    return _write_quarantine(registry_root, Quarantine(tuple(e for e in current.entries if e.incident_key != incident_key)))
+
+
+def _write_quarantine(registry_root: Path | str, quarantine: Quarantine) -> Quarantine:
+    _write_json_atomically(quarantine_path(registry_root), {"entries": [asdict(e) for e in quarantine.entries]})
+    return quarantine

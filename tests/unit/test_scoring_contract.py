@@ -260,7 +260,7 @@ def response(**changes: Any) -> dict[str, Any]:
 
 def test_degradation_reasons_are_the_documented_set() -> None:
     assert {r.value for r in DegradationReason} == {
-        "missing", "stale", "store_unavailable", "store_timeout", "model_error", "model_timeout", "breaker_open",
+        "missing", "stale", "store_unavailable", "store_timeout", "model_error", "model_timeout", "breaker_open", "quarantined",
     }
 
 
