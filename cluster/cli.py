@@ -499,6 +499,50 @@ def labels(
         console.print(f"report: {write_label_report(joined, known, report, segment_by)}")
 
 
+# -- incidents and the event policy (cluster/event_log.py, retrain/policy.py, cluster/actions.py) ----
+
+
+@app.command()
+@command
+def incidents(
+    all_: Annotated[bool, typer.Option("--all", help="Closed incidents too.")] = False,
+    kind: Annotated[str | None, typer.Option(help="Only this event kind (data_quality, concept_drift, ...).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Open incidents with their evidence and the actions taken or suggested."""
+    from cluster.event_log import EventLog
+
+    found = [i for i in EventLog(_settings().paths.events).incidents(include_closed=all_) if kind is None or i.first.kind == kind]
+    if as_json:
+        print_json([{"incident": i.key, "open": i.is_open, "first": i.first.model_dump(), "last": i.last.model_dump(), "events": i.events,
+                     "actions": [a.model_dump() for a in i.actions]} for i in found])
+        return
+    rows = []
+    for i in found:
+        segment = ",".join(f"{k}={v}" for k, v in i.last.segment.items()) or "global"
+        evidence = "; ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in i.last.evidence.items())
+        actions = "; ".join(f"{a.action}:{a.status}" for a in i.actions) or "none yet"
+        rows.append([i.last.severity, i.last.kind, i.last.subject, segment, i.first.observed_at.isoformat(timespec="minutes"),
+                     "open" if i.is_open else "resolved", escape(i.last.summary), escape(evidence), actions, i.last.report or ""])
+    print_table(f"{len(found)} {'' if all_ else 'open '}incident(s)",
+                ["severity", "kind", "subject", "segment", "since", "state", "summary", "evidence", "actions", "report"], rows)
+
+
+@app.command("policy-apply")
+@command
+def policy_apply(
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: cluster/policy.yaml).")] = None,
+) -> None:
+    """Decide and act on new events once: pages, feature-group fallback, retrain suggestions; each recorded."""
+    from cluster.actions import Executor, apply_policy
+    from cluster.event_log import EventLog
+    from retrain.policy import DEFAULT_POLICY, Policy
+
+    settings = _settings()
+    records = apply_policy(EventLog(settings.paths.events), Policy.load(policy or DEFAULT_POLICY), Executor(Path(settings.paths.registry)))
+    print_table(f"{len(records)} decision(s)", ["action", "status", "reason"], [[r.action, r.status, escape(r.reason)] for r in records])
+
+
 def print_json(payload: Any) -> None:
     console.print_json(json.dumps(payload, default=str))
 
