@@ -24,8 +24,16 @@ What the online feed reports can differ from the warehouse
     pushed into this replay's online cache, never to the warehouse it reads them from. Simulate
     the warehouse without those incidents.
 
+Routing follows the live state, as the router does
+    The traffic split (``serve_apps.traffic_state``: champion/challenger aliases, challenger
+    weight, shadow) assigns each job its arm with the router's sticky ``assign_arm``; champion
+    jobs are shadow-scored by the challenger when the policy says so (``role=shadow`` rows), and
+    a feature-group quarantine sends the affected regions' jobs to the fallback. Replaying a
+    window, changing the state, and replaying the next window is how the closed loop
+    (``cluster/closed_loop.py``) runs a release on simulated traffic.
+
 Not modelled: the router's 5 s cache refresh lag (values here are as fresh as the push), model
-timeouts and breakers, the challenger and shadow arms.
+timeouts and breakers.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ from serve_apps.prediction_log import PredictionLogWriter
 from serve_apps.providers import ProviderDirectory
 from serve_apps.pseudonym import KeyRing
 from serve_apps.scoring import ArmScores, PreparedJob, distance_km, feature_degradations, prepare_job, scored_candidates
+from serve_apps.traffic import assign_arm
+from serve_apps.traffic_state import live_policy, read_quarantine, read_state
 from simulator.scenarios import ActiveIncidents, Scenario
 
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
@@ -157,8 +167,14 @@ def replay_served_log(
     change only what the online feed pushed; see the module docstring.
     """
     data_root, registry = Path(data_root), ModelRegistry(registry_root)
-    champion = load_version(registry, "dispatch", "champion")
+    policy = live_policy(registry, read_state(registry_root))
+    if policy is None:
+        raise RuntimeError(f"dispatch@champion is not set in {registry_root}; train and register first")
+    bundles = {"champion": load_version(registry, "dispatch", policy.champion)}
+    if policy.challenger is not None:
+        bundles["challenger"] = load_version(registry, "dispatch", policy.challenger)
     fallback = load_version(registry, "fallback", "champion")
+    quarantine = read_quarantine(registry_root)
     cells = CellIndex.from_parquet(world_path(data_root, "cells"))
     providers = ProviderDirectory.from_parquet(world_path(data_root, "providers"))
     cell_region = pd.read_parquet(world_path(data_root, "cells"), columns=["cell_id", "region_id"]).set_index("cell_id")["region_id"]
@@ -178,19 +194,23 @@ def replay_served_log(
                 rows = slice(pushed[name], upto)
                 cache.upsert(name, push.keys[rows], push.values[rows], push.event_us[rows])
                 pushed[name] = upto
-        prepared.append(prepare_job(request, f"replay-{n:08d}", cells, cache, providers, keys, now_us / US))
+        prepared.append(prepare_job(request, f"replay-{start:%Y%m%d%H%M}-{n:08d}", cells, cache, providers, keys, now_us / US))
 
     writer = PredictionLogWriter(log_root, replica_id=REPLICA_ID, flush_seconds=3600.0, max_backlog_rows=10_000_000, flush_rows=10_000_000)
     rows = 0
     try:
-        served = [job for job in prepared if not feature_degradations(job.features)[0]]
-        scores = _champion_scores(champion.model, served)
-        versions = ModelVersions(champion.version, champion.eta_version, champion.acceptance_version)
+        routed = [(job, *feature_degradations(job.features, quarantine.groups_for(job.region_id))) for job in prepared]
+        arms = {job.job_id: assign_arm(job.job_id, policy) for job, _, _ in routed}
+        scores = {
+            arm: _bundle_scores(bundle.model, [job for job, use_fallback, _ in routed if not use_fallback and (arm == arms[job.job_id] or policy.shadows(arms[job.job_id]))])
+            for arm, bundle in bundles.items()
+        }
         logged_at = datetime.now(UTC)
-        for job in prepared:
-            _, degradations = feature_degradations(job.features)
-            if job.job_id in scores:
-                arm, arm_versions, arm_scores = "champion", versions, scores[job.job_id]
+        for job, use_fallback, degradations in routed:
+            arm = arms[job.job_id]
+            if not use_fallback:
+                bundle = bundles[arm]
+                arm_versions, arm_scores = ModelVersions(bundle.version, bundle.eta_version, bundle.acceptance_version), scores[arm][job.job_id]
             else:
                 raw = fallback_scores(fallback, job.cell_id, job.region_id, job.hour_of_week, job.provider_ids, distance_km(job))
                 arm, arm_scores = "fallback", ArmScores(*(np.asarray(raw[k]) for k in ("eta_minutes", "eta_low", "eta_high", "p_accept", "rank")))
@@ -198,14 +218,19 @@ def replay_served_log(
             candidates = scored_candidates(job, "served", arm, arm_versions, arm_scores, 0.0, degradations)
             writer.append(prediction_columns(job.request, candidates, logged_at))
             rows += len(job.provider_ids)
+            if arm == "champion" and "challenger" in bundles and policy.shadows(arm):
+                shadow = bundles["challenger"]
+                shadow_versions = ModelVersions(shadow.version, shadow.eta_version, shadow.acceptance_version)
+                writer.append(prediction_columns(job.request, scored_candidates(job, "shadow", "challenger", shadow_versions, scores["challenger"][job.job_id], 0.0, degradations), logged_at))
+                rows += len(job.provider_ids)
     finally:
         if not writer.close(timeout=120):
             raise RuntimeError(f"the replay's prediction log under {log_root} did not flush; see the writer's errors")
     return rows
 
 
-def _champion_scores(bundle, jobs: list[PreparedJob]) -> dict[str, ArmScores]:
-    """Score the champion's jobs in one batch, as the router's micro-batcher does."""
+def _bundle_scores(bundle, jobs: list[PreparedJob]) -> dict[str, ArmScores]:
+    """Score one version's jobs in one batch, as the router's micro-batcher does."""
     if not jobs:
         return {}
     job_ids, slices = split_batch([len(job.provider_ids) for job in jobs])

@@ -134,3 +134,38 @@ def test_label_report_draws_maturity_calibration_and_pit(world: LabelWorld, join
         assert title in html, title
     card = segment_scorecard(joined, world.end, "region_id").set_index("region_id")
     assert card.loc[DRIFT_REGION, "eta_pit_mean"] > card.drop(index=[DRIFT_REGION, UNIT_REGION])["eta_pit_mean"].median()
+
+
+def test_replay_follows_the_live_split_shadow_and_quarantine(world: LabelWorld, tmp_path: Path) -> None:
+    """The in-process replay routes like the router: sticky split, shadow rows, quarantined regions."""
+    import shutil
+
+    from retrain.registry import ModelRegistry, VersionSpec
+    from serve_apps.traffic import assign_arm
+    from serve_apps.traffic_state import change_traffic, live_policy, quarantine_group, read_state
+    from simulator.served_log import replay_served_log
+
+    registry_root = tmp_path / "registry"
+    shutil.copytree(world.settings.paths.registry, registry_root)
+    registry = ModelRegistry(registry_root)
+    champion = registry.metadata("dispatch", "champion")
+    spec = VersionSpec.model_validate({**champion.model_dump(include=set(VersionSpec.model_fields)), "lineage": {"copy_of": champion.version}})
+    copy = registry.register(spec,
+                             lambda d: shutil.copytree(registry.artifact_dir("dispatch", champion.version), d, dirs_exist_ok=True))
+    registry.set_alias("dispatch", "challenger", copy.version, moved_by="test", reason="split test")
+    change_traffic(registry_root, challenger_weight=0.5, shadow=True, changed_by="test", reason="split test")
+    quarantine_group(registry_root, "cell_traffic", (UNIT_REGION,), incident_key="unit-bug", reason="test")
+    start = world.replay_start + timedelta(hours=12)
+    replay_served_log(world.data_root, registry_root, tmp_path / "log", start, start + timedelta(hours=6))
+    rows = read_prediction_log(tmp_path / "log", start, start + timedelta(hours=6)).to_pandas()
+
+    served = rows[rows.role == "served"].drop_duplicates("job_id")
+    assert (served[served.region_id == UNIT_REGION].arm == "fallback").all()
+    assert served[served.region_id == UNIT_REGION].degradation_reasons.str.contains("cell_traffic:quarantined").all()
+    modelled = served[served.arm != "fallback"]
+    policy = live_policy(registry, read_state(registry_root))
+    assert (modelled.arm == [assign_arm(j, policy) for j in modelled.job_id]).all()
+    assert 0.35 < (modelled.arm == "challenger").mean() < 0.65
+    shadow = rows[rows.role == "shadow"]
+    assert set(shadow.job_id) == set(modelled[modelled.arm == "champion"].job_id)
+    assert (shadow.arm == "challenger").all() and (shadow.dispatch_version == copy.version).all()
