@@ -43,6 +43,13 @@ REQUEST_INPUTS: tuple[str, ...] = (
     "speed_kmh",
 )
 
+#: The stored inputs and the feature group each comes from (the on-demand view's feature-view sources).
+STORED_REQUEST_INPUTS: dict[str, str] = {
+    "provider_lat": provider_status.name,
+    "provider_lon": provider_status.name,
+    "speed_kmh": cell_traffic.name,
+}
+
 request_source = RequestSource(
     name="job_request",
     schema=[
@@ -191,8 +198,7 @@ def compute_request_features(frame: pd.DataFrame) -> pd.DataFrame:
 @on_demand_feature_view(
     name="request_features",
     sources=[
-        provider_status[["provider_lat", "provider_lon"]],
-        cell_traffic[["speed_kmh"]],
+        *(view[[name for name, group in STORED_REQUEST_INPUTS.items() if group == view.name]] for view in (provider_status, cell_traffic)),
         request_source,
     ],
     schema=[Field(name=name, dtype=Float64) for name in REQUEST_FEATURES],
