@@ -4,16 +4,20 @@ The job reads as source → transforms → sink:
 
 1. **source**: the request window cut into chunks of ``chunk_days`` date partitions;
 2. **score** (``ChunkScorer``, one actor per core, models loaded once per actor): for each chunk,
-   the point-in-time feature frame from ``retrain.training_set.build_training_set`` (Feast
-   historical retrieval, exactly what training sees), labels as known at ``as_of``
-   (``attach_labels``; a label known later is NaN, i.e. not matured), the member's realized
+   the point-in-time feature frame from ``retrain.point_in_time.point_in_time_frame`` (Feast's
+   historical-retrieval rule as an in-process as-of merge over the warehouse partitions, equal to
+   ``retrain.training_set.build_training_set``'s Feast frame, so exactly what training sees),
+   labels as known at ``as_of`` (``attach_labels``; a label known later is NaN, i.e. not
+   matured), the member's realized
    wait, and every version's ETA, interval, acceptance probability, expected wait and rank.
    Only these compact scored rows leave the actor; the 241-column feature frame is dropped
    there, so the history streams through and is never materialized;
-3. **cells**: each scored row is copied once per (window kind × segment column), keyed by
-   ``(version, window, window_start, segment, segment_value)``; segment ``all`` is the overall;
-4. **metrics**: ``groupby(cell).map_groups`` runs the pure ``eval.scorecard.scorecard`` on each
-   cell (metric, value, interval, n); calibration curves are additive bin sums per batch;
+3. **windows**: each scored row is copied once per window kind (week, month), keyed by
+   ``WINDOW_KEYS`` = ``(version, window, window_start)``, with its segment values as text;
+4. **metrics**: ``groupby(window).map_groups`` runs the pure ``eval.scorecard.scorecard`` on
+   every cell of the window (``CELL_KEYS``: segment ``all`` is the overall, then one cell per
+   value of each segment column): metric, value, interval, n. Calibration curves are additive
+   bin sums per batch;
 5. **sink**: ``metrics.parquet``, ``calibration.parquet`` and the HTML report
    (``eval.backtest_report``) under the output directory.
 
@@ -39,9 +43,10 @@ from cluster.config import Settings
 from contracts.features import model_features
 from eval.calibration import DEFAULT_ECE_BINS, reliability_table
 from eval.scorecard import SCORED_COLUMNS, ScoredRows, scorecard
+from retrain.point_in_time import point_in_time_features
 from retrain.ranking import DispatchBundle
 from retrain.registry import ModelRegistry
-from retrain.training_set import TrainingSetError, attach_labels, build_training_set, read_labels, read_window
+from retrain.training_set import KEY_COLUMNS, TrainingSetError, attach_labels, read_labels, read_window
 
 #: Segment columns of the default report; any column of the training frame also works.
 DEFAULT_SEGMENTS: tuple[str, ...] = ("region_id", "provider_cohort", "line_of_business", "hour_of_day")
@@ -49,6 +54,8 @@ WINDOWS: tuple[str, ...] = ("week", "month")
 #: Lifecycle events of a job (accept, arrival) land within this long after its request.
 _EVENT_HORIZON = timedelta(days=2)
 CELL_KEYS: tuple[str, ...] = ("version", "window", "window_start", "segment", "segment_value")
+#: What the metrics stage shuffles on: a window's rows meet in one group, which scores its cells.
+WINDOW_KEYS: tuple[str, ...] = CELL_KEYS[:3]
 
 Progress = Callable[[int, int], None]
 
@@ -69,7 +76,7 @@ class BacktestSpec:
     segments: tuple[str, ...] = DEFAULT_SEGMENTS
     windows: tuple[str, ...] = WINDOWS
     #: Date partitions per scoring task: 1 at production rate; more when days are tiny, since
-    #: each Feast retrieval has a fixed cost of a few seconds.
+    #: each task reads its feature groups' partitions back one TTL (3 days for batch groups).
     chunk_days: int = 1
     ndcg_k: int = 3
     seed: int = 0
@@ -101,17 +108,27 @@ class BacktestResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def chunks(start: datetime, end: datetime, chunk_days: int) -> list[dict[str, str]]:
+def chunks(start: datetime, end: datetime, chunk_days: int) -> list[dict[str, Any]]:
     """``[start, end)`` cut into consecutive spans of ``chunk_days`` days (the last may be shorter).
 
-    ISO strings, because Ray Data's item conversion drops the UTC zone of a datetime.
+    ISO strings, because Ray Data's item conversion drops the UTC zone of a datetime; ``chunk``
+    numbers the spans (see ``job_keys``).
     """
     step = timedelta(days=chunk_days)
     spans, lo = [], start
     while lo < end:
-        spans.append({"chunk_start": lo.isoformat(), "chunk_end": min(lo + step, end).isoformat()})
+        spans.append({"chunk": len(spans), "chunk_start": lo.isoformat(), "chunk_end": min(lo + step, end).isoformat()})
         lo += step
     return spans
+
+
+def job_keys(chunk: int, job_id: pd.Series) -> np.ndarray:
+    """An int64 per row naming its job uniquely within the backtest: ``chunk << 32 | code in chunk``.
+
+    All candidates of a job share its request time, so a job never spans two chunks. The metrics
+    only ever compare job ids for equality, and integers shuffle and sort far cheaper than strings.
+    """
+    return (np.int64(chunk) << 32) | pd.factorize(job_id)[0].astype(np.int64)
 
 
 def realized_wait_minutes(frame: pd.DataFrame, accepts: pd.DataFrame) -> pd.Series:
@@ -146,22 +163,28 @@ class ChunkScorer:
         self.keep = list(dict.fromkeys(["job_id", "provider_id", "request_ts", *spec.segments]))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        spans = zip(batch["chunk_start"], batch["chunk_end"], strict=True)
-        frames = [self.score(datetime.fromisoformat(lo), datetime.fromisoformat(hi)) for lo, hi in spans]
+        spans = zip(batch["chunk"], batch["chunk_start"], batch["chunk_end"], strict=True)
+        frames = [self.score(int(n), datetime.fromisoformat(lo), datetime.fromisoformat(hi)) for n, lo, hi in spans]
         return pd.concat(frames, ignore_index=True)
 
-    def score(self, start: datetime, end: datetime) -> pd.DataFrame:
+    def score(self, chunk: int, start: datetime, end: datetime) -> pd.DataFrame:
         spec = self.spec
         t0 = time.perf_counter()
         try:
-            frame = build_training_set(self.settings, self.data_root, start, end, "eta")
+            features = point_in_time_features(self.data_root, start, end)
         except TrainingSetError as exc:
             if "no candidates requested" not in str(exc):
                 raise
             if self.counter is not None:
                 self.counter.add.remote(1, time.perf_counter() - t0, 0.0)
             return empty_scored_frame(self.keep)
+        # The keys only: the feature matrix stays a matrix, and the job's coordinates stay behind.
+        frame = features.entities[list(KEY_COLUMNS)].copy()
         frame["hour_of_day"] = frame["request_ts"].dt.hour
+        names = model_features()
+        for segment in spec.segments:
+            if segment not in frame.columns and segment in names:
+                frame[segment] = features.matrix[:, names.index(segment)]
         missing = [c for c in spec.segments if c not in frame.columns]
         if missing:
             raise BacktestError(f"segment columns {missing} are not in the feature frame; use key, feature or hour_of_day columns")
@@ -171,14 +194,12 @@ class ChunkScorer:
             start, min(end + _EVENT_HORIZON, spec.as_of), "event_ts",
         )
         frame["realized_wait_minutes"] = realized_wait_minutes(frame, events[events["event_type"] == "accept"])
-        features = np.ascontiguousarray(frame[list(model_features())].to_numpy(dtype=np.float64))
-        # Integer job codes: ranking groups by job, and np.unique on strings costs more than the boosters.
-        job_ids = pd.factorize(frame["job_id"])[0]
+        frame["job_id"] = job_keys(chunk, frame["job_id"])
         base = frame[[*self.keep, "arrival_minutes", "accepted", "realized_wait_minutes"]]
         t1 = time.perf_counter()
         scored = []
         for version, bundle in self.bundles.items():
-            s = bundle.score_array(features, job_ids)
+            s = bundle.score_array(features.matrix, base["job_id"].to_numpy())
             scored.append(base.assign(
                 version=version, rank=s.rank, eta_minutes=s.eta_minutes, eta_low=s.eta_low, eta_high=s.eta_high,
                 p_accept=s.p_accept, expected_wait_minutes=s.expected_wait_minutes,
@@ -201,24 +222,38 @@ def window_start(request_ts: pd.Series, window: str) -> pd.Series:
     return day - pd.to_timedelta(day.dt.day - 1, unit="D")
 
 
-def assign_cells(batch: pd.DataFrame, windows: Sequence[str], segments: Sequence[str]) -> pd.DataFrame:
-    """One copy of the batch per (window kind, segment column), keyed by ``CELL_KEYS``."""
-    copies = []
-    for window in windows:
-        starts = window_start(batch["request_ts"], window)
-        for segment in ("all", *segments):
-            value = "all" if segment == "all" else batch[segment].astype(str)
-            copies.append(batch[["version", *SCORED_COLUMNS]].assign(
-                window=window, window_start=starts, segment=segment, segment_value=value,
-            ))
+def _segment_column(segment: str) -> str:
+    return f"segment:{segment}"
+
+
+def assign_windows(batch: pd.DataFrame, windows: Sequence[str], segments: Sequence[str]) -> pd.DataFrame:
+    """One copy of the batch per window kind, keyed by ``WINDOW_KEYS``, with each segment's value as text.
+
+    A row belongs to one window of each kind and to one value of each segment, so copying per
+    window kind (not per window × segment) and splitting segments inside the window's group
+    puts every row in every cell it belongs to with a fifth of the shuffle.
+    """
+    columns = batch[["version", *SCORED_COLUMNS]].assign(**{_segment_column(s): batch[s].astype(str) for s in segments})
+    copies = [columns.assign(window=window, window_start=window_start(batch["request_ts"], window)) for window in windows]
     return pd.concat(copies, ignore_index=True)
 
 
-def cell_scorecard(cell: pd.DataFrame, ndcg_k: int, seed: int) -> pd.DataFrame:
-    """``eval.scorecard.scorecard`` of one cell, as rows keyed by the cell."""
-    rows = ScoredRows(*(cell[c].to_numpy(dtype=object if c == "job_id" else np.float64) for c in SCORED_COLUMNS))
-    key = {k: cell[k].iloc[0] for k in CELL_KEYS}
-    return pd.DataFrame([{**key, **m._asdict()} for m in scorecard(rows, ndcg_k, seed)])
+def window_scorecards(rows: pd.DataFrame, segments: Sequence[str], ndcg_k: int, seed: int) -> pd.DataFrame:
+    """``eval.scorecard.scorecard`` of every cell of one window: the overall cell and one per segment value.
+
+    Rows are put in (job, rank) order first, so the bootstrap intervals do not depend on the
+    order the shuffle delivered them in.
+    """
+    rows = rows.sort_values(["job_id", "rank"], kind="stable")
+    key = {k: rows[k].iloc[0] for k in WINDOW_KEYS}
+    out = []
+    for segment in ("all", *segments):
+        cells = [("all", rows)] if segment == "all" else rows.groupby(_segment_column(segment), sort=True)
+        for value, cell in cells:
+            scored = ScoredRows(*(cell[c].to_numpy(dtype=np.int64 if c == "job_id" else np.float64) for c in SCORED_COLUMNS))
+            cell_key = {**key, "segment": segment, "segment_value": value}
+            out += [{**cell_key, **m._asdict()} for m in scorecard(scored, ndcg_k, seed)]
+    return pd.DataFrame(out)
 
 
 def calibration_sums(batch: pd.DataFrame, segments: Sequence[str], n_bins: int = DEFAULT_ECE_BINS) -> pd.DataFrame:
@@ -320,11 +355,12 @@ def run_backtest(settings: Settings, spec: BacktestSpec, progress: Progress | No
         raise BacktestError(f"no candidates requested between {spec.start:%Y-%m-%d} and {spec.end:%Y-%m-%d} under {settings.paths.data}")
 
     metrics = (
-        scored.map_batches(assign_cells, fn_kwargs={"windows": spec.windows, "segments": spec.segments}, batch_format="pandas")
+        scored.map_batches(assign_windows, fn_kwargs={"windows": spec.windows, "segments": spec.segments}, batch_format="pandas")
         # One partition (an aggregator actor) per core, more only for big histories: Ray's default
-        # of 200 costs more than the cells themselves at test scale.
-        .groupby(list(CELL_KEYS), num_partitions=max(cores, n_scored // 1_000_000))
-        .map_groups(cell_scorecard, fn_kwargs={"ndcg_k": spec.ndcg_k, "seed": spec.seed}, batch_format="pandas")
+        # of 200 costs more than the windows themselves at test scale.
+        .groupby(list(WINDOW_KEYS), num_partitions=max(cores, n_scored // 1_000_000))
+        .map_groups(window_scorecards, fn_kwargs={"segments": spec.segments, "ndcg_k": spec.ndcg_k, "seed": spec.seed},
+                    batch_format="pandas")
         .to_pandas()
     )
     # Arrow hands timestamps back as an Arrow-backed dtype; plain datetime64 keeps parquet and joins simple.

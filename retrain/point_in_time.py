@@ -24,6 +24,7 @@ definitions, so a backtest chunk needs no Feast round trip:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -31,10 +32,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, FeatureGroup
+from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, FeatureGroup, model_features
 from contracts.warehouse import CREATED_TIMESTAMP, EVENT_TIMESTAMP, TS
 from feature_repo.feature_services import FEATURE_DEFINITION_VERSION
-from feature_repo.request_features import STORED_REQUEST_INPUTS, compute_request_features
+from feature_repo.request_features import REQUEST_INPUTS, STORED_REQUEST_INPUTS, compute_request_features
 from retrain.job_sample import cap_rows
 from retrain.training_set import KEY_COLUMNS, ROW_ORDER, TrainingSetError, entity_frame, read_window_table, utc_bound
 
@@ -91,29 +92,51 @@ def _micros(column: pa.ChunkedArray | pd.Series) -> np.ndarray:
     return column.cast(TS).cast(pa.int64()).to_numpy()
 
 
-def group_features(history: pa.Table, group: FeatureGroup, entity_keys: np.ndarray, request_us: np.ndarray) -> np.ndarray:
-    """``(n_entities, n_features)`` float64 values of ``group`` as of each request, NaN where none."""
+def group_features(
+    history: pa.Table, group: FeatureGroup, entity_keys: np.ndarray, request_us: np.ndarray, out: np.ndarray
+) -> None:
+    """Write ``group``'s values as of each request into ``out`` (``(n_entities, n_features)``), NaN where none."""
     keys = history.column(group.join_key).to_numpy().astype(np.int64, copy=False)
     event_us = _micros(history.column(EVENT_TIMESTAMP))
     created = history.column(CREATED_TIMESTAMP)
     # A missing created timestamp sorts first, as NULLs do under Feast's DESC NULLS LAST.
     created_us = np.where(created.is_null().to_numpy(zero_copy_only=False), np.iinfo(np.int64).min, _micros(created.fill_null(0)))
     index = latest_within_ttl(keys, event_us, created_us, entity_keys, request_us, int(group.ttl / timedelta(microseconds=1)))
-    found = index >= 0
-    out = np.full((len(entity_keys), len(group.features)), np.nan)
-    taken = history.select(list(group.features)).take(pa.array(index[found]))
+    values = np.empty((history.num_rows + 1, len(group.features)))
     for j, name in enumerate(group.features):
-        out[found, j] = taken.column(name).to_numpy(zero_copy_only=False)
-    return out
+        values[:-1, j] = history.column(name).to_numpy()
+    values[-1] = np.nan  # index -1, "no row", lands here
+    out[:] = values[index]
 
 
-def point_in_time_frame(
+@dataclass(frozen=True)
+class PointInTimeFeatures:
+    """The frame ``build_training_set`` returns, as its key columns and one model matrix."""
+
+    #: ``KEY_COLUMNS`` plus the request inputs (``job_lat``/``job_lon`` are member PII: use them,
+    #: never keep them), one row per candidate in ``ROW_ORDER``.
+    entities: pd.DataFrame
+    #: ``(rows, len(model_features()))`` float64, columns in ``model_features()`` order.
+    matrix: np.ndarray
+    #: Candidates in the window before ``max_rows`` sampling.
+    candidate_rows: int
+
+    def frame(self) -> pd.DataFrame:
+        """``KEY_COLUMNS`` then one column per model feature, PII-free, with ``build_training_set``'s attrs."""
+        features = pd.DataFrame(self.matrix, columns=list(model_features()))
+        frame = pd.concat([self.entities[list(KEY_COLUMNS)], features], axis=1)
+        frame.attrs["feature_service"] = None
+        frame.attrs["feature_definition_version"] = FEATURE_DEFINITION_VERSION
+        frame.attrs["candidate_rows"] = self.candidate_rows
+        return frame
+
+
+def point_in_time_features(
     data_root: Path, start: date | datetime, end: date | datetime, max_rows: int | None = None
-) -> pd.DataFrame:
-    """The frame ``build_training_set`` returns for ``[start, end)``, computed without Feast.
+) -> PointInTimeFeatures:
+    """Candidates requested in ``[start, end)`` and their model features as Feast would join them.
 
-    Same rows, columns, order and ``attrs`` (``feature_definition_version``, ``candidate_rows``;
-    ``feature_service`` is ``None``: no service was asked). ``max_rows`` samples whole jobs first.
+    ``max_rows`` samples whole jobs first (``retrain.job_sample.cap_rows``), as ``build_training_set`` does.
     """
     data_root = Path(data_root)
     lo, hi = utc_bound(start), utc_bound(end)
@@ -126,19 +149,28 @@ def point_in_time_frame(
     entities = entities.sort_values(list(ROW_ORDER), kind="stable").reset_index(drop=True)
     request_us = _micros(entities["request_ts"])
 
-    stored = []
+    names = model_features()
+    matrix = np.empty((len(entities), len(names)))
+    column = 0
     for group in FEATURE_GROUPS:
         keys = entities[group.join_key].to_numpy(dtype=np.int64)
-        stored.append(group_features(read_group_history(data_root, group, lo, hi), group, keys, request_us))
-    stored_names = [f"{g.name}__{f}" for g in FEATURE_GROUPS for f in g.features]
-    stored_frame = pd.DataFrame(np.hstack(stored), columns=stored_names)
+        block = matrix[:, column : column + len(group.features)]
+        group_features(read_group_history(data_root, group, lo, hi), group, keys, request_us, block)
+        column += len(group.features)
 
-    inputs = entities[["job_id", "job_lat", "job_lon", "request_ts", "line_of_business", "service_type", "vehicle_class"]].assign(
-        **{name: stored_frame[f"{g}__{name}"] for name, g in STORED_REQUEST_INPUTS.items()}
-    )
-    request = compute_request_features(inputs)
-    frame = pd.concat([entities[list(KEY_COLUMNS)], stored_frame, request[list(REQUEST_FEATURES)]], axis=1)
-    frame.attrs["feature_service"] = None
-    frame.attrs["feature_definition_version"] = FEATURE_DEFINITION_VERSION
-    frame.attrs["candidate_rows"] = candidate_rows
-    return frame
+    stored = {name: matrix[:, names.index(f"{g}__{name}")] for name, g in STORED_REQUEST_INPUTS.items()}
+    arriving = [c for c in REQUEST_INPUTS if c not in STORED_REQUEST_INPUTS]
+    request = compute_request_features(entities[arriving].assign(**stored))
+    matrix[:, column:] = request[list(REQUEST_FEATURES)].to_numpy(np.float64)
+    return PointInTimeFeatures(entities, matrix, candidate_rows)
+
+
+def point_in_time_frame(
+    data_root: Path, start: date | datetime, end: date | datetime, max_rows: int | None = None
+) -> pd.DataFrame:
+    """The frame ``build_training_set`` returns for ``[start, end)``, computed without Feast.
+
+    Same rows, columns, order and ``attrs`` (``feature_definition_version``, ``candidate_rows``;
+    ``feature_service`` is ``None``: no service was asked). ``max_rows`` samples whole jobs first.
+    """
+    return point_in_time_features(data_root, start, end, max_rows).frame()
