@@ -16,7 +16,7 @@ definitions, so a backtest chunk needs no Feast round trip:
   on key, ``event_ts <= entity_ts`` and ``event_ts + ttl >= entity_ts``, then ``row_number()``
   over ``event_ts desc, created_ts desc``. (Rows equal on both are the same snapshot written
   twice; Feast leaves their order to the engine, here the last one read wins.) No row: NaN;
-- the request features are ``feature_repo.request_features.compute_request_features``, the
+- the request features are ``feature_repo.request_transform.compute_request_features``, the
   function the on-demand view runs, applied to the whole joined frame as Feast applies it.
 
 ``tests/integration/test_point_in_time.py`` checks the frame equals Feast's, column by column.
@@ -34,8 +34,7 @@ import pyarrow as pa
 
 from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, FeatureGroup, model_features
 from contracts.warehouse import CREATED_TIMESTAMP, EVENT_TIMESTAMP, TS
-from feature_repo.feature_services import FEATURE_DEFINITION_VERSION
-from feature_repo.request_features import REQUEST_INPUTS, STORED_REQUEST_INPUTS, compute_request_features
+from feature_repo.request_transform import REQUEST_INPUTS, STORED_REQUEST_INPUTS, compute_request_features
 from retrain.job_sample import cap_rows
 from retrain.training_set import KEY_COLUMNS, ROW_ORDER, TrainingSetError, entity_frame, read_window_table, utc_bound
 
@@ -123,6 +122,8 @@ class PointInTimeFeatures:
 
     def frame(self) -> pd.DataFrame:
         """``KEY_COLUMNS`` then one column per model feature, PII-free, with ``build_training_set``'s attrs."""
+        from feature_repo.feature_services import FEATURE_DEFINITION_VERSION  # Feast: only where a frame is asked for
+
         features = pd.DataFrame(self.matrix, columns=list(model_features()))
         frame = pd.concat([self.entities[list(KEY_COLUMNS)], features], axis=1)
         frame.attrs["feature_service"] = None

@@ -24,11 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from cluster.config import Settings
-from cluster.feature_store import get_store
 from contracts.features import model_features
 from contracts.warehouse import EVENT_TIMESTAMP, MEMBER_PII_COLUMNS, TS, LabelType, feature_dir, table_dir
-from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
-from feature_repo.request_features import request_features
 from retrain.job_sample import cap_rows
 
 ModelFamily = Literal["eta", "acceptance"]
@@ -105,6 +102,8 @@ def entity_frame(data_root: Path, start: date | datetime, end: date | datetime) 
 
 def _check_store_matches(store, family: str, data_root: Path) -> str:
     """The applied feature service for ``family``; raises if it is stale or reads another warehouse."""
+    from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
+
     service = store.get_feature_service(FEATURE_SERVICES[family])
     applied_version = service.tags.get("feature_definition_version", "")
     if applied_version != FEATURE_DEFINITION_VERSION:
@@ -138,6 +137,12 @@ def build_training_set(
     ``frame.attrs`` records the feature service, ``feature_definition_version`` and
     ``candidate_rows`` (rows in the window before sampling).
     """
+    # Feast is imported here, not at module level: workers that only read windows and labels
+    # (the backtest's) would otherwise pay seconds of import for nothing.
+    from cluster.feature_store import get_store
+    from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
+    from feature_repo.request_features import request_features
+
     if family not in FEATURE_SERVICES:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(FEATURE_SERVICES)}")
     data_root = Path(data_root)
