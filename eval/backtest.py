@@ -12,12 +12,11 @@ The job reads as source → transforms → sink:
    wait, and every version's ETA, interval, acceptance probability, expected wait and rank.
    Only these compact scored rows leave the actor; the 241-column feature frame is dropped
    there, so the history streams through and is never materialized;
-3. **windows**: each scored row is copied once per window kind (week, month), keyed by
-   ``WINDOW_KEYS`` = ``(version, window, window_start)``, with its segment values as text;
-4. **metrics**: ``groupby(window).map_groups`` runs the pure ``eval.scorecard.scorecard`` on
-   every cell of the window (``CELL_KEYS``: segment ``all`` is the overall, then one cell per
-   value of each segment column): metric, value, interval, n. Calibration curves are additive
-   bin sums per batch;
+3. **cells**: each scored row is copied once per (window kind × segment column), keyed by
+   ``(version, window, window_start, segment, segment_value)``; segment ``all`` is the overall.
+   Job ids travel as int64 keys (``job_keys``), which shuffle and sort far cheaper than text;
+4. **metrics**: ``groupby(cell).map_groups`` runs the pure ``eval.scorecard.scorecard`` on each
+   cell (metric, value, interval, n); calibration curves are additive bin sums per batch;
 5. **sink**: ``metrics.parquet``, ``calibration.parquet`` and the HTML report
    (``eval.backtest_report``) under the output directory.
 
@@ -54,8 +53,6 @@ WINDOWS: tuple[str, ...] = ("week", "month")
 #: Lifecycle events of a job (accept, arrival) land within this long after its request.
 _EVENT_HORIZON = timedelta(days=2)
 CELL_KEYS: tuple[str, ...] = ("version", "window", "window_start", "segment", "segment_value")
-#: What the metrics stage shuffles on: a window's rows meet in one group, which scores its cells.
-WINDOW_KEYS: tuple[str, ...] = CELL_KEYS[:3]
 
 Progress = Callable[[int, int], None]
 
@@ -222,38 +219,34 @@ def window_start(request_ts: pd.Series, window: str) -> pd.Series:
     return day - pd.to_timedelta(day.dt.day - 1, unit="D")
 
 
-def _segment_column(segment: str) -> str:
-    return f"segment:{segment}"
+def assign_cells(batch: pd.DataFrame, windows: Sequence[str], segments: Sequence[str]) -> pd.DataFrame:
+    """One copy of the batch per (window kind, segment column), keyed by ``CELL_KEYS``.
 
-
-def assign_windows(batch: pd.DataFrame, windows: Sequence[str], segments: Sequence[str]) -> pd.DataFrame:
-    """One copy of the batch per window kind, keyed by ``WINDOW_KEYS``, with each segment's value as text.
-
-    A row belongs to one window of each kind and to one value of each segment, so copying per
-    window kind (not per window × segment) and splitting segments inside the window's group
-    puts every row in every cell it belongs to with a fifth of the shuffle.
+    A copy per segment column rather than one per window with the segments split inside its
+    group: the copies cost shuffle bytes, but a month's segments then score on different workers,
+    and a full-history month is the longest group of the job.
     """
-    columns = batch[["version", *SCORED_COLUMNS]].assign(**{_segment_column(s): batch[s].astype(str) for s in segments})
-    copies = [columns.assign(window=window, window_start=window_start(batch["request_ts"], window)) for window in windows]
+    copies = []
+    for window in windows:
+        starts = window_start(batch["request_ts"], window)
+        for segment in ("all", *segments):
+            value = "all" if segment == "all" else batch[segment].astype(str)
+            copies.append(batch[["version", *SCORED_COLUMNS]].assign(
+                window=window, window_start=starts, segment=segment, segment_value=value,
+            ))
     return pd.concat(copies, ignore_index=True)
 
 
-def window_scorecards(rows: pd.DataFrame, segments: Sequence[str], ndcg_k: int, seed: int) -> pd.DataFrame:
-    """``eval.scorecard.scorecard`` of every cell of one window: the overall cell and one per segment value.
+def cell_scorecard(cell: pd.DataFrame, ndcg_k: int, seed: int) -> pd.DataFrame:
+    """``eval.scorecard.scorecard`` of one cell, as rows keyed by the cell.
 
     Rows are put in (job, rank) order first, so the bootstrap intervals do not depend on the
     order the shuffle delivered them in.
     """
-    rows = rows.sort_values(["job_id", "rank"], kind="stable")
-    key = {k: rows[k].iloc[0] for k in WINDOW_KEYS}
-    out = []
-    for segment in ("all", *segments):
-        cells = [("all", rows)] if segment == "all" else rows.groupby(_segment_column(segment), sort=True)
-        for value, cell in cells:
-            scored = ScoredRows(*(cell[c].to_numpy(dtype=np.int64 if c == "job_id" else np.float64) for c in SCORED_COLUMNS))
-            cell_key = {**key, "segment": segment, "segment_value": value}
-            out += [{**cell_key, **m._asdict()} for m in scorecard(scored, ndcg_k, seed)]
-    return pd.DataFrame(out)
+    cell = cell.sort_values(["job_id", "rank"], kind="stable")
+    rows = ScoredRows(*(cell[c].to_numpy(dtype=np.int64 if c == "job_id" else np.float64) for c in SCORED_COLUMNS))
+    key = {k: cell[k].iloc[0] for k in CELL_KEYS}
+    return pd.DataFrame([{**key, **m._asdict()} for m in scorecard(rows, ndcg_k, seed)])
 
 
 def calibration_sums(batch: pd.DataFrame, segments: Sequence[str], n_bins: int = DEFAULT_ECE_BINS) -> pd.DataFrame:
@@ -355,12 +348,11 @@ def run_backtest(settings: Settings, spec: BacktestSpec, progress: Progress | No
         raise BacktestError(f"no candidates requested between {spec.start:%Y-%m-%d} and {spec.end:%Y-%m-%d} under {settings.paths.data}")
 
     metrics = (
-        scored.map_batches(assign_windows, fn_kwargs={"windows": spec.windows, "segments": spec.segments}, batch_format="pandas")
+        scored.map_batches(assign_cells, fn_kwargs={"windows": spec.windows, "segments": spec.segments}, batch_format="pandas")
         # One partition (an aggregator actor) per core, more only for big histories: Ray's default
-        # of 200 costs more than the windows themselves at test scale.
-        .groupby(list(WINDOW_KEYS), num_partitions=max(cores, n_scored // 1_000_000))
-        .map_groups(window_scorecards, fn_kwargs={"segments": spec.segments, "ndcg_k": spec.ndcg_k, "seed": spec.seed},
-                    batch_format="pandas")
+        # of 200 costs more than the cells themselves at test scale.
+        .groupby(list(CELL_KEYS), num_partitions=max(cores, n_scored // 1_000_000))
+        .map_groups(cell_scorecard, fn_kwargs={"ndcg_k": spec.ndcg_k, "seed": spec.seed}, batch_format="pandas")
         .to_pandas()
     )
     # Arrow hands timestamps back as an Arrow-backed dtype; plain datetime64 keeps parquet and joins simple.
