@@ -17,7 +17,10 @@ from feast.types import Float64, String, UnixTimestamp
 from contracts.features import REQUEST_FEATURES
 from feature_repo.cell_features import cell_traffic
 from feature_repo.provider_features import provider_status
-from feature_repo.request_transform import STORED_REQUEST_INPUTS
+
+# ``compute_request_features`` stays importable from here: registries applied before it moved to
+# ``request_transform`` store a UDF text that imports it from this module.
+from feature_repo.request_transform import STORED_REQUEST_INPUTS, compute_request_features  # noqa: F401
 
 request_source = RequestSource(
     name="job_request",
@@ -48,6 +51,6 @@ request_source = RequestSource(
 def request_features(inputs: pd.DataFrame) -> pd.DataFrame:
     # Feast rebuilds the UDF from this source text with only pandas and numpy in scope, so it
     # imports the shared function rather than closing over it.
-    from feature_repo.request_transform import compute_request_features
+    from feature_repo import request_transform
 
-    return compute_request_features(inputs)
+    return request_transform.compute_request_features(inputs)
