@@ -35,8 +35,7 @@ import pyarrow as pa
 from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, FeatureGroup, model_features
 from contracts.warehouse import CREATED_TIMESTAMP, EVENT_TIMESTAMP, TS
 from feature_repo.request_transform import REQUEST_INPUTS, STORED_REQUEST_INPUTS, compute_request_features
-from retrain.job_sample import cap_rows
-from retrain.training_set import KEY_COLUMNS, ROW_ORDER, TrainingSetError, entity_frame, read_window_table, utc_bound
+from retrain.training_set import KEY_COLUMNS, ROW_ORDER, read_window_table, requested_entities, utc_bound
 
 
 def latest_within_ttl(
@@ -141,12 +140,7 @@ def point_in_time_features(
     """
     data_root = Path(data_root)
     lo, hi = utc_bound(start), utc_bound(end)
-    entities = entity_frame(data_root, lo, hi)
-    if entities.empty:
-        raise TrainingSetError(f"no candidates requested between {start} and {end} under {data_root}")
-    candidate_rows = len(entities)
-    if max_rows is not None:
-        entities = cap_rows(entities, max_rows)
+    entities, candidate_rows = requested_entities(data_root, lo, hi, max_rows)
     entities = entities.sort_values(list(ROW_ORDER), kind="stable").reset_index(drop=True)
     request_us = _micros(entities["request_ts"])
 

@@ -100,6 +100,19 @@ def entity_frame(data_root: Path, start: date | datetime, end: date | datetime) 
     return frame
 
 
+def requested_entities(
+    data_root: Path, start: date | datetime, end: date | datetime, max_rows: int | None = None
+) -> tuple[pd.DataFrame, int]:
+    """``entity_frame`` of the window, whole jobs sampled down to ``max_rows``, and its rows before sampling."""
+    entities = entity_frame(data_root, start, end)
+    if entities.empty:
+        raise TrainingSetError(f"no candidates requested between {start} and {end} under {data_root}")
+    candidate_rows = len(entities)
+    if max_rows is not None:
+        entities = cap_rows(entities, max_rows)
+    return entities, candidate_rows
+
+
 def _check_store_matches(store, family: str, data_root: Path) -> str:
     """The applied feature service for ``family``; raises if it is stale or reads another warehouse."""
     from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
@@ -148,12 +161,7 @@ def build_training_set(
     data_root = Path(data_root)
     store = get_store(settings)
     service_name = _check_store_matches(store, family, data_root)
-    entities = entity_frame(data_root, start, end)
-    if entities.empty:
-        raise TrainingSetError(f"no candidates requested between {start} and {end} under {data_root}")
-    candidate_rows = len(entities)
-    if max_rows is not None:
-        entities = cap_rows(entities, max_rows)
+    entities, candidate_rows = requested_entities(data_root, start, end, max_rows)
 
     joined = store.get_historical_features(
         entity_df=entities,
