@@ -26,6 +26,10 @@ import pyarrow as pa
 from contracts.features import FEATURE_GROUPS, FeatureGroup
 
 TS = pa.timestamp("us", tz="UTC")
+#: Columns of every feature-group table: when the value held (Feast's ``timestamp_field``) and when
+#: it was written (``created_timestamp_column``, the tie-break between rows of the same event time).
+EVENT_TIMESTAMP = "event_timestamp"
+CREATED_TIMESTAMP = "created_timestamp"
 
 #: Columns holding raw member PII. They may exist only in ``raw/requests``; a scan test checks
 #: that no other artifact carries them or their values.
@@ -154,7 +158,7 @@ TABLES: dict[str, pa.Schema] = {
 
 def feature_schema(g: FeatureGroup) -> pa.Schema:
     """Schema of a feature group's offline table: join key, event and created timestamps, features."""
-    fields = [(g.join_key, pa.int64()), ("event_timestamp", TS), ("created_timestamp", TS)]
+    fields = [(g.join_key, pa.int64()), (EVENT_TIMESTAMP, TS), (CREATED_TIMESTAMP, TS)]
     fields += [(f, pa.float64()) for f in g.features]
     return pa.schema(fields)
 

@@ -4,14 +4,17 @@ The job reads as source → transforms → sink:
 
 1. **source**: the request window cut into chunks of ``chunk_days`` date partitions;
 2. **score** (``ChunkScorer``, one actor per core, models loaded once per actor): for each chunk,
-   the point-in-time feature frame from ``retrain.training_set.build_training_set`` (Feast
-   historical retrieval, exactly what training sees), labels as known at ``as_of``
-   (``attach_labels``; a label known later is NaN, i.e. not matured), the member's realized
+   the point-in-time feature frame from ``retrain.point_in_time.point_in_time_frame`` (Feast's
+   historical-retrieval rule as an in-process as-of merge over the warehouse partitions, equal to
+   ``retrain.training_set.build_training_set``'s Feast frame, so exactly what training sees),
+   labels as known at ``as_of`` (``attach_labels``; a label known later is NaN, i.e. not
+   matured), the member's realized
    wait, and every version's ETA, interval, acceptance probability, expected wait and rank.
    Only these compact scored rows leave the actor; the 241-column feature frame is dropped
    there, so the history streams through and is never materialized;
 3. **cells**: each scored row is copied once per (window kind × segment column), keyed by
-   ``(version, window, window_start, segment, segment_value)``; segment ``all`` is the overall;
+   ``(version, window, window_start, segment, segment_value)``; segment ``all`` is the overall.
+   Job ids travel as int64 keys (``job_keys``), which shuffle and sort far cheaper than text;
 4. **metrics**: ``groupby(cell).map_groups`` runs the pure ``eval.scorecard.scorecard`` on each
    cell (metric, value, interval, n); calibration curves are additive bin sums per batch;
 5. **sink**: ``metrics.parquet``, ``calibration.parquet`` and the HTML report
@@ -39,9 +42,10 @@ from cluster.config import Settings
 from contracts.features import model_features
 from eval.calibration import DEFAULT_ECE_BINS, reliability_table
 from eval.scorecard import SCORED_COLUMNS, ScoredRows, scorecard
+from retrain.point_in_time import point_in_time_features
 from retrain.ranking import DispatchBundle
 from retrain.registry import ModelRegistry
-from retrain.training_set import TrainingSetError, attach_labels, build_training_set, read_labels, read_window
+from retrain.training_set import KEY_COLUMNS, TrainingSetError, attach_labels, read_labels, read_window
 
 #: Segment columns of the default report; any column of the training frame also works.
 DEFAULT_SEGMENTS: tuple[str, ...] = ("region_id", "provider_cohort", "line_of_business", "hour_of_day")
@@ -69,7 +73,7 @@ class BacktestSpec:
     segments: tuple[str, ...] = DEFAULT_SEGMENTS
     windows: tuple[str, ...] = WINDOWS
     #: Date partitions per scoring task: 1 at production rate; more when days are tiny, since
-    #: each Feast retrieval has a fixed cost of a few seconds.
+    #: each task reads its feature groups' partitions back one TTL (3 days for batch groups).
     chunk_days: int = 1
     ndcg_k: int = 3
     seed: int = 0
@@ -101,17 +105,27 @@ class BacktestResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
-def chunks(start: datetime, end: datetime, chunk_days: int) -> list[dict[str, str]]:
+def chunks(start: datetime, end: datetime, chunk_days: int) -> list[dict[str, Any]]:
     """``[start, end)`` cut into consecutive spans of ``chunk_days`` days (the last may be shorter).
 
-    ISO strings, because Ray Data's item conversion drops the UTC zone of a datetime.
+    ISO strings, because Ray Data's item conversion drops the UTC zone of a datetime; ``chunk``
+    numbers the spans (see ``job_keys``).
     """
     step = timedelta(days=chunk_days)
     spans, lo = [], start
     while lo < end:
-        spans.append({"chunk_start": lo.isoformat(), "chunk_end": min(lo + step, end).isoformat()})
+        spans.append({"chunk": len(spans), "chunk_start": lo.isoformat(), "chunk_end": min(lo + step, end).isoformat()})
         lo += step
     return spans
+
+
+def job_keys(chunk: int, job_id: pd.Series) -> np.ndarray:
+    """An int64 per row naming its job uniquely within the backtest: ``chunk << 32 | code in chunk``.
+
+    All candidates of a job share its request time, so a job never spans two chunks. The metrics
+    only ever compare job ids for equality, and integers shuffle and sort far cheaper than strings.
+    """
+    return (np.int64(chunk) << 32) | pd.factorize(job_id)[0].astype(np.int64)
 
 
 def realized_wait_minutes(frame: pd.DataFrame, accepts: pd.DataFrame) -> pd.Series:
@@ -146,22 +160,28 @@ class ChunkScorer:
         self.keep = list(dict.fromkeys(["job_id", "provider_id", "request_ts", *spec.segments]))
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        spans = zip(batch["chunk_start"], batch["chunk_end"], strict=True)
-        frames = [self.score(datetime.fromisoformat(lo), datetime.fromisoformat(hi)) for lo, hi in spans]
+        spans = zip(batch["chunk"], batch["chunk_start"], batch["chunk_end"], strict=True)
+        frames = [self.score(int(n), datetime.fromisoformat(lo), datetime.fromisoformat(hi)) for n, lo, hi in spans]
         return pd.concat(frames, ignore_index=True)
 
-    def score(self, start: datetime, end: datetime) -> pd.DataFrame:
+    def score(self, chunk: int, start: datetime, end: datetime) -> pd.DataFrame:
         spec = self.spec
         t0 = time.perf_counter()
         try:
-            frame = build_training_set(self.settings, self.data_root, start, end, "eta")
+            features = point_in_time_features(self.data_root, start, end)
         except TrainingSetError as exc:
             if "no candidates requested" not in str(exc):
                 raise
             if self.counter is not None:
                 self.counter.add.remote(1, time.perf_counter() - t0, 0.0)
             return empty_scored_frame(self.keep)
+        # The keys only: the feature matrix stays a matrix, and the job's coordinates stay behind.
+        frame = features.entities[list(KEY_COLUMNS)].copy()
         frame["hour_of_day"] = frame["request_ts"].dt.hour
+        names = model_features()
+        for segment in spec.segments:
+            if segment not in frame.columns and segment in names:
+                frame[segment] = features.matrix[:, names.index(segment)]
         missing = [c for c in spec.segments if c not in frame.columns]
         if missing:
             raise BacktestError(f"segment columns {missing} are not in the feature frame; use key, feature or hour_of_day columns")
@@ -171,14 +191,12 @@ class ChunkScorer:
             start, min(end + _EVENT_HORIZON, spec.as_of), "event_ts",
         )
         frame["realized_wait_minutes"] = realized_wait_minutes(frame, events[events["event_type"] == "accept"])
-        features = np.ascontiguousarray(frame[list(model_features())].to_numpy(dtype=np.float64))
-        # Integer job codes: ranking groups by job, and np.unique on strings costs more than the boosters.
-        job_ids = pd.factorize(frame["job_id"])[0]
+        frame["job_id"] = job_keys(chunk, frame["job_id"])
         base = frame[[*self.keep, "arrival_minutes", "accepted", "realized_wait_minutes"]]
         t1 = time.perf_counter()
         scored = []
         for version, bundle in self.bundles.items():
-            s = bundle.score_array(features, job_ids)
+            s = bundle.score_array(features.matrix, base["job_id"].to_numpy())
             scored.append(base.assign(
                 version=version, rank=s.rank, eta_minutes=s.eta_minutes, eta_low=s.eta_low, eta_high=s.eta_high,
                 p_accept=s.p_accept, expected_wait_minutes=s.expected_wait_minutes,
@@ -202,7 +220,12 @@ def window_start(request_ts: pd.Series, window: str) -> pd.Series:
 
 
 def assign_cells(batch: pd.DataFrame, windows: Sequence[str], segments: Sequence[str]) -> pd.DataFrame:
-    """One copy of the batch per (window kind, segment column), keyed by ``CELL_KEYS``."""
+    """One copy of the batch per (window kind, segment column), keyed by ``CELL_KEYS``.
+
+    A copy per segment column rather than one per window with the segments split inside its
+    group: the copies cost shuffle bytes, but a month's segments then score on different workers,
+    and a full-history month is the longest group of the job.
+    """
     copies = []
     for window in windows:
         starts = window_start(batch["request_ts"], window)
@@ -215,8 +238,13 @@ def assign_cells(batch: pd.DataFrame, windows: Sequence[str], segments: Sequence
 
 
 def cell_scorecard(cell: pd.DataFrame, ndcg_k: int, seed: int) -> pd.DataFrame:
-    """``eval.scorecard.scorecard`` of one cell, as rows keyed by the cell."""
-    rows = ScoredRows(*(cell[c].to_numpy(dtype=object if c == "job_id" else np.float64) for c in SCORED_COLUMNS))
+    """``eval.scorecard.scorecard`` of one cell, as rows keyed by the cell.
+
+    Rows are put in (job, rank) order first, so the bootstrap intervals do not depend on the
+    order the shuffle delivered them in.
+    """
+    cell = cell.sort_values(["job_id", "rank"], kind="stable")
+    rows = ScoredRows(*(cell[c].to_numpy(dtype=np.int64 if c == "job_id" else np.float64) for c in SCORED_COLUMNS))
     key = {k: cell[k].iloc[0] for k in CELL_KEYS}
     return pd.DataFrame([{**key, **m._asdict()} for m in scorecard(rows, ndcg_k, seed)])
 

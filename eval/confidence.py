@@ -27,7 +27,8 @@ undefined (fewer than two rows, one class only), because an empty cell is a stat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy.stats import norm
@@ -41,6 +42,7 @@ Interval = tuple[float, float]
 _UNDEFINED: Interval = (float("nan"), float("nan"))
 
 
+@functools.cache
 def _z(level: float) -> float:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
@@ -114,6 +116,26 @@ def auc_ci(auc: float, n_positive: int, n_negative: int, level: float = DEFAULT_
     return float(max(a - half, 0.0)), float(min(a + half, 1.0))
 
 
+def bootstrap_resamples(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Iterator[np.ndarray]:
+    """Row indices of each bootstrap resample (``n`` draws with replacement), seeded.
+
+    The one definition of the draws, so a batched bootstrap of one statistic
+    (``eval.calibration.ece_bootstrap_ci``) resamples exactly the rows :func:`bootstrap_ci` does.
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(n_resamples):
+        yield rng.integers(0, n, size=n)
+
+
+def percentile_interval(stats: np.ndarray, level: float = DEFAULT_LEVEL) -> Interval:
+    """The ``(1−level)/2`` and ``(1+level)/2`` quantiles of bootstrap statistics, ignoring ``nan``."""
+    stats = stats[np.isfinite(stats)]
+    if stats.size == 0:
+        return _UNDEFINED
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1.0 - tail))
+
+
 def bootstrap_ci(
     statistic: Callable[..., float],
     arrays: Sequence[np.ndarray],
@@ -131,13 +153,5 @@ def bootstrap_ci(
     n = columns[0].shape[0] if columns else 0
     if n < 2:
         return _UNDEFINED
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_resamples)
-    for i in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
-        stats[i] = statistic(*(c[idx] for c in columns))
-    stats = stats[np.isfinite(stats)]
-    if stats.size == 0:
-        return _UNDEFINED
-    tail = (1.0 - level) / 2.0
-    return float(np.quantile(stats, tail)), float(np.quantile(stats, 1.0 - tail))
+    stats = np.array([statistic(*(c[idx] for c in columns)) for idx in bootstrap_resamples(n, n_resamples, seed)])
+    return percentile_interval(stats, level)

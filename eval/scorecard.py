@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from eval.calibration import brier_score, expected_calibration_error, log_loss, roc_auc
-from eval.confidence import Interval, auc_ci, bootstrap_ci, mean_ci, quantile_ci, rmse_ci, wilson_ci
+from eval.calibration import brier_score, ece_bootstrap_ci, expected_calibration_error, log_loss, roc_auc
+from eval.confidence import Interval, auc_ci, mean_ci, quantile_ci, rmse_ci, wilson_ci
 from eval.metrics import bias, interval_coverage, mae, p90_abs_error, rmse
 from eval.ranking_metrics import ndcg_at_k, top1_acceptance, top_ranked_rows
 
@@ -104,7 +104,7 @@ def acceptance_scorecard(y: np.ndarray, p: np.ndarray, seed: int = 0) -> list[Me
         _row("acceptance.auc", auc, auc_ci(auc, n_pos, n - n_pos), n),
         _row("acceptance.log_loss", log_loss(y, p), mean_ci(row_log_loss), n),
         _row("acceptance.brier", brier_score(y, p), mean_ci((p - y) ** 2), n),
-        _row("acceptance.ece", expected_calibration_error(y, p), bootstrap_ci(expected_calibration_error, (y, p), seed=seed), n),
+        _row("acceptance.ece", expected_calibration_error(y, p), ece_bootstrap_ci(y, p, seed=seed), n),
     ]
 
 

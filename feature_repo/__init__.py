@@ -8,8 +8,9 @@ Laid out like Feast's local template (``feast-dev/feast``,
   optional push source and a feature view. Feature names come from the catalogue only.
 - ``provider_features.py``, ``cell_features.py``, ``region_features.py``: one daily batch view
   and one near-real-time push view per entity.
-- ``request_features.py``: the per-(job, candidate) on-demand view and the pure pandas function
-  behind it, which training (through Feast) and serving (directly) share.
+- ``request_features.py``: the per-(job, candidate) on-demand view; the pure pandas function
+  behind it, which training (through Feast), serving and the backtest share, is in
+  ``request_transform.py`` (no Feast import).
 - ``feature_services.py``: one feature service per model family, plus
   ``FEATURE_DEFINITION_VERSION`` for the model registry.
 

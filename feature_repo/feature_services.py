@@ -24,7 +24,8 @@ from contracts.features import (
 from feature_repo.cell_features import cell_batch, cell_traffic
 from feature_repo.provider_features import provider_batch, provider_status
 from feature_repo.region_features import region_batch, region_load
-from feature_repo.request_features import REQUEST_TRANSFORM_REVISION, request_features
+from feature_repo.request_features import request_features
+from feature_repo.request_transform import REQUEST_TRANSFORM_REVISION
 
 
 def _definition_version() -> str:

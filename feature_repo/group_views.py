@@ -19,7 +19,7 @@ from feast.data_format import ParquetFormat
 from feast.types import Float64, Int64
 
 from contracts.features import FeatureGroup
-from contracts.warehouse import feature_dir
+from contracts.warehouse import CREATED_TIMESTAMP, EVENT_TIMESTAMP, feature_dir
 from feature_repo.entities import ENTITIES
 
 #: Environment variable naming the warehouse root the sources read. Set by ``cluster.feature_store``.
@@ -38,8 +38,8 @@ def warehouse_source(group: FeatureGroup) -> FileSource:
         name=f"{group.name}_source",
         path=str(feature_dir(data_root(), group.name)),
         file_format=ParquetFormat(),
-        timestamp_field="event_timestamp",
-        created_timestamp_column="created_timestamp",
+        timestamp_field=EVENT_TIMESTAMP,
+        created_timestamp_column=CREATED_TIMESTAMP,
         description=f"Warehouse history of {group.name} ({group.cadence}).",
     )
 

@@ -24,11 +24,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 
 from cluster.config import Settings
-from cluster.feature_store import get_store
 from contracts.features import model_features
-from contracts.warehouse import MEMBER_PII_COLUMNS, LabelType, feature_dir, table_dir
-from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
-from feature_repo.request_features import request_features
+from contracts.warehouse import EVENT_TIMESTAMP, MEMBER_PII_COLUMNS, TS, LabelType, feature_dir, table_dir
 from retrain.job_sample import cap_rows
 
 ModelFamily = Literal["eta", "acceptance"]
@@ -45,41 +42,48 @@ KEY_COLUMNS: tuple[str, ...] = (
     "vehicle_class",
     "provider_cohort",
 )
+#: Row order of every training and backtest frame.
+ROW_ORDER: tuple[str, ...] = ("request_ts", "job_id", "provider_id")
 #: Columns ``attach_labels`` adds.
 LABEL_COLUMNS: tuple[str, ...] = ("arrival_minutes", "accepted", "label_source")
 
 _PARTITIONING = ds.partitioning(pa.schema([("date", pa.string())]), flavor="hive")
-_EVENT_TIMESTAMP = "event_timestamp"
 
 
 class TrainingSetError(RuntimeError):
     """The training frame cannot be built as asked; the message says what to fix."""
 
 
-def _utc_bound(moment: date | datetime) -> datetime:
+def utc_bound(moment: date | datetime) -> datetime:
     if isinstance(moment, datetime):
         return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
     return datetime.combine(moment, time.min, tzinfo=UTC)
 
 
-def _partition_days(start: datetime, end: datetime) -> list[str]:
+def partition_days(start: datetime, end: datetime) -> list[str]:
     """``date=`` partition values covering ``[start, end)``."""
     last = (end - timedelta(microseconds=1)).date()
     return [(start.date() + timedelta(days=i)).isoformat() for i in range((last - start.date()).days + 1)]
 
 
-def read_window(
+def read_window_table(
     root: Path, table: str, columns: Iterable[str], start: datetime, end: datetime, ts_column: str
-) -> pd.DataFrame:
+) -> pa.Table:
     """Rows of a date-partitioned table with ``start <= ts_column < end``, reading only their partitions."""
     directory = table_dir(root, table)
     if not directory.exists():
         raise TrainingSetError(f"{directory} does not exist; simulate or load the warehouse under {root} first")
     dataset = ds.dataset(directory, format="parquet", partitioning=_PARTITIONING)
     ts = ds.field(ts_column)
-    start_scalar, end_scalar = pa.scalar(start, type=pa.timestamp("us", tz="UTC")), pa.scalar(end, type=pa.timestamp("us", tz="UTC"))
-    selection = ds.field("date").isin(_partition_days(start, end)) & (ts >= start_scalar) & (ts < end_scalar)
-    return dataset.to_table(columns=list(columns), filter=selection).to_pandas()
+    selection = ds.field("date").isin(partition_days(start, end)) & (ts >= pa.scalar(start, type=TS)) & (ts < pa.scalar(end, type=TS))
+    return dataset.to_table(columns=list(columns), filter=selection)
+
+
+def read_window(
+    root: Path, table: str, columns: Iterable[str], start: datetime, end: datetime, ts_column: str
+) -> pd.DataFrame:
+    """``read_window_table`` as a pandas frame."""
+    return read_window_table(root, table, columns, start, end, ts_column).to_pandas()
 
 
 def entity_frame(data_root: Path, start: date | datetime, end: date | datetime) -> pd.DataFrame:
@@ -88,16 +92,31 @@ def entity_frame(data_root: Path, start: date | datetime, end: date | datetime) 
     ``job_lat``/``job_lon`` (member PII) are joined from ``raw/requests`` here and nowhere else;
     ``build_training_set`` drops them again after the request features are computed.
     """
-    lo, hi = _utc_bound(start), _utc_bound(end)
+    lo, hi = utc_bound(start), utc_bound(end)
     candidates = read_window(data_root, "dispatch/candidates", KEY_COLUMNS, lo, hi, "request_ts")
     locations = read_window(data_root, "raw/requests", ("job_id", "job_lat", "job_lon"), lo, hi, "request_ts")
     frame = candidates.merge(locations.drop_duplicates("job_id"), on="job_id", how="left", validate="many_to_one")
-    frame[_EVENT_TIMESTAMP] = frame["request_ts"]
+    frame[EVENT_TIMESTAMP] = frame["request_ts"]
     return frame
+
+
+def requested_entities(
+    data_root: Path, start: date | datetime, end: date | datetime, max_rows: int | None = None
+) -> tuple[pd.DataFrame, int]:
+    """``entity_frame`` of the window, whole jobs sampled down to ``max_rows``, and its rows before sampling."""
+    entities = entity_frame(data_root, start, end)
+    if entities.empty:
+        raise TrainingSetError(f"no candidates requested between {start} and {end} under {data_root}")
+    candidate_rows = len(entities)
+    if max_rows is not None:
+        entities = cap_rows(entities, max_rows)
+    return entities, candidate_rows
 
 
 def _check_store_matches(store, family: str, data_root: Path) -> str:
     """The applied feature service for ``family``; raises if it is stale or reads another warehouse."""
+    from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
+
     service = store.get_feature_service(FEATURE_SERVICES[family])
     applied_version = service.tags.get("feature_definition_version", "")
     if applied_version != FEATURE_DEFINITION_VERSION:
@@ -131,17 +150,18 @@ def build_training_set(
     ``frame.attrs`` records the feature service, ``feature_definition_version`` and
     ``candidate_rows`` (rows in the window before sampling).
     """
+    # Feast is imported here, not at module level: workers that only read windows and labels
+    # (the backtest's) would otherwise pay seconds of import for nothing.
+    from cluster.feature_store import get_store
+    from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
+    from feature_repo.request_features import request_features
+
     if family not in FEATURE_SERVICES:
         raise ValueError(f"unknown model family {family!r}; known: {sorted(FEATURE_SERVICES)}")
     data_root = Path(data_root)
     store = get_store(settings)
     service_name = _check_store_matches(store, family, data_root)
-    entities = entity_frame(data_root, start, end)
-    if entities.empty:
-        raise TrainingSetError(f"no candidates requested between {start} and {end} under {data_root}")
-    candidate_rows = len(entities)
-    if max_rows is not None:
-        entities = cap_rows(entities, max_rows)
+    entities, candidate_rows = requested_entities(data_root, start, end, max_rows)
 
     joined = store.get_historical_features(
         entity_df=entities,
@@ -162,7 +182,7 @@ def build_training_set(
     if missing:
         raise TrainingSetError(f"feature service {service_name!r} did not return {missing[:5]}; re-run apply")
 
-    frame = joined[columns].sort_values(["request_ts", "job_id", "provider_id"], kind="stable").reset_index(drop=True)
+    frame = joined[columns].sort_values(list(ROW_ORDER), kind="stable").reset_index(drop=True)
     frame.attrs["feature_service"] = service_name
     frame.attrs["feature_definition_version"] = FEATURE_DEFINITION_VERSION
     frame.attrs["candidate_rows"] = candidate_rows
@@ -179,12 +199,12 @@ def read_labels(data_root: Path, as_of: datetime, known_from: date | datetime | 
     directory = table_dir(Path(data_root), "labels")
     if not directory.exists():
         raise TrainingSetError(f"{directory} does not exist; no labels have been written under {data_root}")
-    as_of = _utc_bound(as_of)
+    as_of = utc_bound(as_of)
     dataset = ds.dataset(directory, format="parquet", partitioning=_PARTITIONING)
     known = ds.field("known_at") <= pa.scalar(as_of, type=pa.timestamp("us", tz="UTC"))
     selection = (ds.field("date") <= as_of.date().isoformat()) & known
     if known_from is not None:
-        selection &= ds.field("date") >= _utc_bound(known_from).date().isoformat()
+        selection &= ds.field("date") >= utc_bound(known_from).date().isoformat()
     return dataset.to_table(filter=selection).to_pandas().drop(columns=["date"], errors="ignore")
 
 
@@ -199,7 +219,7 @@ def attach_labels(frame: pd.DataFrame, labels: pd.DataFrame, as_of: datetime) ->
     clash = [c for c in LABEL_COLUMNS if c in frame.columns]
     if clash:
         raise ValueError(f"frame already has label columns {clash}; attach labels to a frame without them")
-    as_of = _utc_bound(as_of)
+    as_of = utc_bound(as_of)
     keys = ["job_id", "provider_id"]
     known = labels[(pd.to_datetime(labels["known_at"], utc=True) <= as_of) & labels["label_type"].isin([t.value for t in LabelType])]
     latest = known.sort_values(["revision", "known_at"], kind="stable").drop_duplicates(

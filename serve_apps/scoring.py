@@ -26,7 +26,7 @@ import numpy as np
 from contracts.features import LINES_OF_BUSINESS, SERVICE_TYPES, VEHICLE_CLASSES, FeatureGroup, group, model_features
 from contracts.prediction_log import LoggedRequest, ModelVersions, ScoredCandidates
 from contracts.scoring import CandidateScore, Degradation, DegradationReason, ScoreRequest, ScoreResponse
-from feature_repo.request_features import request_feature_matrix
+from feature_repo.request_transform import request_feature_matrix
 from serve_apps.cells import CellIndex
 from serve_apps.features import CandidateFeatures, FeatureCache, FeatureStatus
 from serve_apps.providers import ProviderDirectory

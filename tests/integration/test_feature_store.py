@@ -34,7 +34,7 @@ from cluster.config import Settings
 from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES, model_features
 from contracts.warehouse import MEMBER_PII_COLUMNS
 from feature_repo.feature_services import FEATURE_DEFINITION_VERSION, FEATURE_SERVICES
-from feature_repo.request_features import REQUEST_INPUTS, compute_request_features
+from feature_repo.request_transform import REQUEST_INPUTS, compute_request_features
 from retrain.training_set import KEY_COLUMNS, build_training_set
 
 pytestmark = pytest.mark.integration

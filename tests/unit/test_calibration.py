@@ -15,6 +15,7 @@ from sklearn.metrics import log_loss as sk_log_loss
 from eval.calibration import (
     acceptance_report,
     brier_score,
+    ece_bootstrap_ci,
     expected_calibration_error,
     isotonic_fit,
     log_loss,
@@ -23,6 +24,7 @@ from eval.calibration import (
     reliability_table,
     roc_auc,
 )
+from eval.confidence import bootstrap_ci
 
 RNG = np.random.default_rng(7)
 P = RNG.beta(2, 2, 2000)
@@ -105,3 +107,14 @@ def test_acceptance_report_bundles_the_kernels() -> None:
     assert report["brier"] == pytest.approx(brier_score_loss(Y, P))
     assert report["acceptance_rate"] == pytest.approx(Y.mean())
     assert set(report) == {"ece", "brier", "log_loss", "auc", "mean_predicted", "acceptance_rate"}
+
+
+@pytest.mark.parametrize(("n", "seed"), [(2, 0), (37, 1), (400, 2), (25_000, 3)])
+def test_batched_ece_bootstrap_equals_the_per_resample_bootstrap(n: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(float)
+    p = np.clip(0.35 + 0.25 * rng.standard_normal(n), 0, 1)
+    assert ece_bootstrap_ci(y, p, seed=seed) == bootstrap_ci(expected_calibration_error, (y, p), seed=seed)
+    assert ece_bootstrap_ci(y, p, n_bins=3, n_resamples=17, seed=seed) == bootstrap_ci(
+        lambda a, b: expected_calibration_error(a, b, n_bins=3), (y, p), n_resamples=17, seed=seed
+    )

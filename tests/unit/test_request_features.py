@@ -5,7 +5,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_repo.request_features import rank_min_within
+from feature_repo.request_transform import rank_min_within
 
 distances = st.one_of(st.floats(0, 50, allow_nan=False), st.just(np.nan), st.sampled_from([1.0, 2.0, 3.0]))
 
