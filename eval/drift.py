@@ -27,6 +27,7 @@ Definitions (each function's docstring cites its reference):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numba
@@ -96,19 +97,63 @@ def numeric_drift_by_segment(
     statistic, is left ``nan`` for segments with fewer than ``min_samples`` values on either
     side: the scan skips them anyway.
     """
+    return numeric_drift_by_rollup(reference, reference_segment, current, current_segment, n_segments, (), ks_method,
+                                   min_samples)[0]
+
+
+def numeric_drift_by_rollup(
+    reference: np.ndarray,
+    reference_segment: np.ndarray,
+    current: np.ndarray,
+    current_segment: np.ndarray,
+    n_segments: int,
+    rollups: Sequence[tuple[np.ndarray, int]] = (),
+    ks_method: str = "auto",
+    min_samples: int = 1,
+) -> list[SegmentDrift]:
+    """:func:`numeric_drift_by_segment` for the segments and for each coarser level that groups them.
+
+    ``rollups`` holds ``(parent, n_parent)`` per coarser level, ``parent[s]`` being the code of
+    segment ``s`` at that level (a cell's region, or 0 for the global row). Returns the finest
+    level first, then one result per rollup. float32 samples are sorted by value once (radix
+    passes shared by every level), then grouped by each level's code with one stable counting
+    pass, which keeps the value order within a group.
+    """
     ref, ref_seg = _finite(reference, reference_segment)
     cur, cur_seg = _finite(current, current_segment)
-    dtype = np.float32 if ref.dtype == np.float32 and cur.dtype == np.float32 else np.float64
+    levels = [(np.zeros(0, dtype=np.int64), n_segments), *((np.asarray(p, dtype=np.int64), int(k)) for p, k in rollups)]
     n_ref = np.bincount(ref_seg, minlength=n_segments).astype(np.int64)
     n_cur = np.bincount(cur_seg, minlength=n_segments).astype(np.int64)
-    ref_sorted, ref_start = sort_by_segment(ref.astype(dtype, copy=False), ref_seg, n_ref)
-    cur_sorted, cur_start = sort_by_segment(cur.astype(dtype, copy=False), cur_seg, n_cur)
+    counts = [(n_ref, n_cur) if p.size == 0 else (np.bincount(p, n_ref, k).astype(np.int64), np.bincount(p, n_cur, k).astype(np.int64))
+              for p, k in levels]
+    results = []
+    if ref.dtype == np.float32 and cur.dtype == np.float32:
+        ref_keys, ref_codes = _radix_sort(ref, _segment_codes(ref_seg))
+        cur_keys, cur_codes = _radix_sort(cur, _segment_codes(cur_seg))
+        for (parent, _), (level_ref, level_cur) in zip(levels, counts, strict=True):
+            ref_sorted, ref_start = _group_sorted(ref_keys, ref_codes, parent, level_ref)
+            cur_sorted, cur_start = _group_sorted(cur_keys, cur_codes, parent, level_cur)
+            results.append(_drift_from_sorted(ref_sorted, ref_start, cur_sorted, cur_start, ks_method, min_samples))
+        return results
+    ref = ref.astype(np.float64, copy=False)
+    cur = cur.astype(np.float64, copy=False)
+    for (parent, _), (level_ref, level_cur) in zip(levels, counts, strict=True):
+        ref_sorted, ref_start = sort_by_segment(ref, ref_seg if parent.size == 0 else parent[ref_seg], level_ref)
+        cur_sorted, cur_start = sort_by_segment(cur, cur_seg if parent.size == 0 else parent[cur_seg], level_cur)
+        results.append(_drift_from_sorted(ref_sorted, ref_start, cur_sorted, cur_start, ks_method, min_samples))
+    return results
+
+
+def _drift_from_sorted(
+    ref_sorted: np.ndarray, ref_start: np.ndarray, cur_sorted: np.ndarray, cur_start: np.ndarray, ks_method: str, min_samples: int
+) -> SegmentDrift:
+    n_ref = np.diff(ref_start)
+    n_cur = np.diff(cur_start)
     ks, wasserstein, std, ref_counts, cur_counts = _segment_statistics(ref_sorted, ref_start, cur_sorted, cur_start, _DECILES)
     psi_values, js_values = _psi_and_js(ref_counts, cur_counts)
     with np.errstate(divide="ignore", invalid="ignore"):
         w_norm = np.where(std > 0, wasserstein / np.where(std > 0, std, 1.0), np.where(wasserstein > 0, np.inf, np.nan))
     tested = (n_ref > 0) & (n_cur > 0)
-    nan = np.full(n_segments, np.nan)
     return SegmentDrift(
         n_reference=n_ref,
         n_current=n_cur,
@@ -118,8 +163,13 @@ def numeric_drift_by_segment(
         ks_stat=np.where(tested, ks, np.nan),
         ks_pvalue=ks_pvalues(np.where(np.minimum(n_ref, n_cur) >= min_samples, ks, np.nan), n_ref, n_cur, ks_method),
         wasserstein_norm=np.where(tested, w_norm, np.nan),
-        chi2_pvalue=nan,
+        chi2_pvalue=np.full(n_ref.size, np.nan),
     )
+
+
+def _segment_codes(segment: np.ndarray) -> np.ndarray:
+    segment = np.asarray(segment)
+    return segment if segment.dtype in (np.int32, np.int64) else segment.astype(np.int64)
 
 
 def sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,12 +181,11 @@ def sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray)
     linear passes whatever the segment sizes. Other dtypes are grouped by segment (counting sort)
     and each segment's slice is sorted (quicksort).
     """
-    segment = np.asarray(segment)
-    if segment.dtype not in (np.int32, np.int64):
-        segment = segment.astype(np.int64)
+    segment = _segment_codes(segment)
     counts = np.asarray(counts, dtype=np.int64)
     if values.dtype == np.float32:
-        return _radix_sort_by_segment(values, segment, counts)
+        keys, codes = _radix_sort(values, segment)
+        return _group_sorted(keys, codes, np.zeros(0, dtype=np.int64), counts)
     return _sort_by_segment(values, segment, counts)
 
 
@@ -168,7 +217,8 @@ _DIGIT_MASK = np.uint32((1 << _DIGIT_BITS) - 1)
 
 
 @numba.njit(cache=True, nogil=True)
-def _radix_sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _radix_sort(values: np.ndarray, segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order-preserving uint32 keys of float32 ``values``, sorted, with ``segment`` carried along (stable)."""
     n = values.size
     bits = values.view(np.uint32)
     # Order-preserving key: flip the sign bit of positives, invert negatives (IEEE-754 total order;
@@ -182,8 +232,7 @@ def _radix_sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.n
         histogram[0, k & _DIGIT_MASK] += 1
         histogram[1, (k >> _DIGIT_BITS) & _DIGIT_MASK] += 1
         histogram[2, k >> (2 * _DIGIT_BITS)] += 1
-    several = counts.size > 1
-    seg = segment.astype(np.int32) if several else np.zeros(0, dtype=np.int32)
+    seg = segment.astype(np.int32)
     keys_out = np.empty_like(keys)
     seg_out = np.empty_like(seg)
     for digit in range(3):
@@ -197,21 +246,28 @@ def _radix_sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.n
             d = (keys[i] >> shift) & _DIGIT_MASK
             o = offset[d]
             keys_out[o] = keys[i]
-            if several:
-                seg_out[o] = seg[i]
+            seg_out[o] = seg[i]
             offset[d] = o + 1
         keys, keys_out = keys_out, keys
         seg, seg_out = seg_out, seg
+    return keys, seg
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sorted(keys: np.ndarray, segment: np.ndarray, parent: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable counting sort of value-sorted ``keys`` by ``parent[segment]`` (``segment`` if ``parent`` is empty), decoded to float32."""
+    n = keys.size
     starts = _segment_starts(counts)
     ordered = np.empty(n, dtype=np.uint32)
-    if several:
+    if counts.size == 1:
+        ordered[:] = keys
+    else:
         position = starts[:-1].copy()
+        mapped = parent.size > 0
         for i in range(n):
-            s = seg[i]
+            s = parent[segment[i]] if mapped else segment[i]
             ordered[position[s]] = keys[i]
             position[s] += 1
-    else:
-        ordered[:] = keys
     for i in range(n):
         k = ordered[i]
         ordered[i] = k ^ _SIGN if k & _SIGN else ~k

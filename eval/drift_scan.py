@@ -42,7 +42,7 @@ from eval.drift import (
     bh_qvalues,
     categorical_drift_by_segment,
     drift_decision,
-    numeric_drift_by_segment,
+    numeric_drift_by_rollup,
 )
 
 #: Features per Ray task: bounds a task's memory at rows × this many float32 columns.
@@ -156,18 +156,30 @@ def scan_features(
 
     One row per (level, segment, feature); the driver adds q-values and decisions.
     """
+    finest = levels[0]
+    rollups = [(_parent_codes(finest, level), len(level.keys)) for level in levels[1:]]
     parts = []
     for feature in reference.column_names:
         ref_values = _column_values(reference, feature, feature in categorical)
         cur_values = _column_values(current, feature, feature in categorical)
-        for level_index, level in enumerate(levels):
-            args = (ref_values, level.reference_codes, cur_values, level.current_codes, len(level.keys))
-            if feature in categorical:
-                result = categorical_drift_by_segment(*args)
-            else:
-                result = numeric_drift_by_segment(*args, ks_method=ks_method, min_samples=min_samples)
-            parts.append(_stat_rows(result, feature, level_index))
+        if feature in categorical:
+            results = [
+                categorical_drift_by_segment(ref_values, level.reference_codes, cur_values, level.current_codes, len(level.keys))
+                for level in levels
+            ]
+        else:
+            results = numeric_drift_by_rollup(ref_values, finest.reference_codes, cur_values, finest.current_codes,
+                                              len(finest.keys), rollups, ks_method, min_samples)
+        parts.extend(_stat_rows(result, feature, level_index) for level_index, result in enumerate(results))
     return pa.concat_tables(parts)
+
+
+def _parent_codes(finest: RollupLevel, level: RollupLevel) -> np.ndarray:
+    """``parent[s]``: the code at ``level`` of the finest level's segment ``s`` (levels nest, so it is unique)."""
+    parent = np.zeros(len(finest.keys), dtype=np.int64)
+    parent[finest.reference_codes] = level.reference_codes
+    parent[finest.current_codes] = level.current_codes
+    return parent
 
 
 def _column_values(table: pa.Table, feature: str, categorical: bool) -> np.ndarray:

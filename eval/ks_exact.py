@@ -150,7 +150,8 @@ def exact_pvalues(n1: np.ndarray, n2: np.ndarray, statistic: np.ndarray) -> np.n
         return np.empty(0)
     lcm = n1 // np.gcd(n1, n2) * n2
     h = np.round(np.asarray(statistic, dtype=np.float64) * lcm).astype(np.int64)
-    tests, inverse = np.unique(np.stack([n1, n2, h]), axis=1, return_inverse=True)
+    # The probability is symmetric in (n1, n2): order each pair so both orders are computed once.
+    tests, inverse = np.unique(np.stack([np.maximum(n1, n2), np.minimum(n1, n2), h]), axis=1, return_inverse=True)
     prob = _exact_batch(tests[0].copy(), tests[1].copy(), tests[2].copy())[inverse.ravel()]
     prob = np.where((n1 != n2) & (prob > 1.0) & (prob <= 1.0 + _BAND_ROUNDING), 1.0, prob)
     return np.where((prob >= 0.0) & (prob <= 1.0), prob, np.nan)
