@@ -24,6 +24,7 @@ falls), so reduce features first.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -115,7 +116,10 @@ def main() -> None:
     for method in methods:
         spec = DriftScanSpec(workdir / "reference", workdir / "current", ("cell_id",), ks_method=method,
                              features_per_task=args.features_per_task)
+        load_before = os.getloadavg()[0]
         result = run_drift_scan(spec)
+        print(f"load average (1 min) on this shared {os.cpu_count()}-core machine: {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after the scan")
         per_segment = result.seconds / args.cells * (FULL_FEATURES / args.features)
         print(f"drift-scan ks={method}: {result.seconds:.1f} s for {result.table.num_rows:,} (cell, feature) rows, "
               f"{result.drifted:,} drifted, {result.skipped:,} skipped; full-scale estimate {result.seconds * scale:.0f} s "

@@ -11,13 +11,14 @@ both samples have at most 10,000 values. With ``D = h / lcm(m, n)`` it is
   "Numerically more stable computation of the p-values for the two-sample Kolmogorov–Smirnov
   test", arXiv:2102.08037; scipy's ``_compute_outer_prob_inside_method``). O(m × band), band ≈ 2hn/lcm.
 
-This module computes the same recursions as scipy, with one change of arithmetic in the band
-recursion: scipy's step ``v ← (A·i + v·j) / (i + j)`` puts a division on the loop-carried
-dependency (about 20 cycles a step); here ``v ← A·(i·r) + v·(j·r)`` with ``r = 1/(i + j)`` taken
-from a table, and four steps are composed into one affine map ``v ← C + W·v`` so the carried
-chain is one multiply and one add per four steps. All terms are non-negative (no cancellation),
-so the results agree with scipy to rounding (``tests/unit/test_ks_exact.py`` checks 1e-12 on
-thousands of ``(m, n, h)``), and each ``(m, n, h)`` of a batch is computed once.
+This module computes the same recursions as scipy, in a different order for the band: scipy
+fills the lattice column by column, and within a column each cell needs the one below it, so its
+inner loop is a chain of dependent divisions (about 20 cycles a cell). Here the band is filled
+anti-diagonal by anti-diagonal (``x + y = d``): a cell needs only the previous diagonal, and
+``1/d`` is shared by the diagonal, so each diagonal is one vectorised loop (about 0.3 ns a cell
+on this machine against scipy's ~5 ns). Same cells, same recursion, one multiplication by ``1/d``
+in place of a division: the p-values agree with scipy's to rounding (``tests/unit/test_ks_exact.py``
+checks 1e-12 on a thousand ``(m, n, h)``). Each distinct ``(m, n, h)`` of a batch is computed once.
 """
 
 from __future__ import annotations
@@ -44,82 +45,52 @@ def _prob_outside_square(n: int, h: int) -> float:
 
 
 @numba.njit(cache=True, nogil=True)
-def _prob_outside_band(m: int, n: int, g: int, h: int, reciprocal: np.ndarray) -> float:
-    """Share of lattice paths (0,0)→(m,n) leaving ``|n·x/g − m·y/g| < h`` (Viehmann's inside recursion).
+def _antidiagonal(out: np.ndarray, left: np.ndarray, below: np.ndarray, first: float, d: float, reciprocal: float) -> None:
+    """One anti-diagonal of the path recursion: ``A(i, j) = (i·A(i−1, j) + j·A(i, j−1)) / d`` for ``i + j = d``.
 
-    ``reciprocal[k] = 1/k`` for ``k <= m + n``. Column ``x = i`` of the path-count matrix is kept
-    only inside the band, ``[minj, maxj)``, in a sliding window, exactly as scipy does.
+    Its cells depend only on the previous anti-diagonal, so this loop has no carried dependency and
+    vectorises (kept a separate function with array arguments so numba's LLVM does vectorise it).
+    """
+    for k in range(out.size):
+        i = first + k
+        out[k] = (i * left[k] + (d - i) * below[k]) * reciprocal
+
+
+@numba.njit(cache=True, nogil=True)
+def _prob_outside_band(m: int, n: int, g: int, h: int) -> float:
+    """Share of lattice paths (0,0)→(m,n) that leave the band ``|n·x/g − m·y/g| < h`` (Viehmann's recursion).
+
+    ``A(x, y)`` is the probability that a uniformly random path to ``(x, y)`` has left the band:
+    1 outside it, ``A(0, 0) = 0``, and the recursion of :func:`_antidiagonal` inside; the answer
+    is ``A(m, n)``. scipy fills the band column by column (its sliding window stores the cells
+    inside the band, the ones outside read as 1); this fills it anti-diagonal by anti-diagonal,
+    the same cells with the same recursion, so each diagonal is one vector loop.
+    ``line[i + 1]`` holds ``A(i, d − i)``; ``line[0]`` stands for ``i = −1`` (weight 0).
     """
     if m < n:
         m, n = n, m
     mg = m // g
     ng = n // g
-    minj = 0
-    maxj = min(-(-h // mg), n + 1)
-    curlen = maxj - minj
-    window = np.ones(min(2 * maxj + 2, n + 1))
-    window[minj:maxj] = 0.0
-    for i in range(1, m + 1):
-        lastminj = minj
-        lastlen = curlen
-        minj = min(max((ng * i - h) // mg + 1, 0), n)
-        maxj = min(-(-(ng * i + h) // mg), n + 1)
-        if maxj <= minj:
+    step = mg + ng
+    previous = np.ones(m + 3)
+    line = np.ones(m + 3)
+    previous[1] = 0.0  # A(0, 0)
+    for d in range(1, m + n + 1):
+        # inside: |ng·i − mg·(d − i)| < h, 0 <= i <= m, 0 <= d − i <= n
+        lo = max((mg * d - h) // step + 1, d - n, 0)
+        hi = min(-(-(mg * d + h) // step) - 1, m, d)
+        if hi < lo:  # every path leaves the band here
             return 1.0
-        val = 0.0 if minj == 0 else 1.0
-        shift = minj - lastminj  # >= 0: reads run ahead of writes, so the column updates in place
-        length = maxj - minj
-        jj = 0
-        fi = float(i)
-        while jj + 4 <= length:
-            # Four steps of v_j = c_j + w_j·v_{j-1} at once: the carried chain is one multiply-add
-            # per four steps; the c's and w's of the block are combined off the chain.
-            j = jj + minj
-            fj = float(j)
-            r0, r1, r2, r3 = reciprocal[i + j], reciprocal[i + j + 1], reciprocal[i + j + 2], reciprocal[i + j + 3]
-            base = jj + shift
-            c0 = window[base] * (fi * r0)
-            c1 = window[base + 1] * (fi * r1)
-            c2 = window[base + 2] * (fi * r2)
-            c3 = window[base + 3] * (fi * r3)
-            w0 = fj * r0
-            w1 = (fj + 1.0) * r1
-            w2 = (fj + 2.0) * r2
-            w3 = (fj + 3.0) * r3
-            c01 = c1 + w1 * c0
-            w01 = w1 * w0
-            c012 = c2 + w2 * c01
-            w012 = w2 * w01
-            c0123 = c3 + w3 * c012
-            w0123 = w3 * w012
-            window[jj] = c0 + w0 * val
-            window[jj + 1] = c01 + w01 * val
-            window[jj + 2] = c012 + w012 * val
-            val = c0123 + w0123 * val
-            window[jj + 3] = val
-            jj += 4
-        while jj < length:
-            j = jj + minj
-            r = reciprocal[i + j]
-            val = window[jj + shift] * (i * r) + val * (j * r)
-            window[jj] = val
-            jj += 1
-        curlen = maxj - minj
-        if lastlen > curlen:
-            window[curlen:lastlen] = 1.0
-    return window[maxj - minj - 1]
+        _antidiagonal(line[lo + 1 : hi + 2], previous[lo : hi + 1], previous[lo + 1 : hi + 2], float(lo), float(d), 1.0 / d)
+        line[lo] = 1.0  # the cells just outside this diagonal's band, which the next one reads
+        line[hi + 2] = 1.0
+        previous, line = line, previous
+    return previous[m + 1]
 
 
 @numba.njit(cache=True, nogil=True)
 def _exact_batch(n1: np.ndarray, n2: np.ndarray, h: np.ndarray) -> np.ndarray:
     out = np.empty(n1.size)
-    largest = 2
-    for k in range(n1.size):
-        largest = max(largest, n1[k] + n2[k] + 1)
-    reciprocal = np.empty(largest)
-    reciprocal[0] = np.inf
-    for k in range(1, largest):
-        reciprocal[k] = 1.0 / k
     for k in range(n1.size):
         a, b, hk = n1[k], n2[k], h[k]
         if hk == 0:
@@ -130,7 +101,7 @@ def _exact_batch(n1: np.ndarray, n2: np.ndarray, h: np.ndarray) -> np.ndarray:
             x, y = a, b
             while y:
                 x, y = y, x % y
-            out[k] = _prob_outside_band(a, b, x, hk, reciprocal)
+            out[k] = _prob_outside_band(a, b, x, hk)
     return out
 
 
