@@ -28,6 +28,8 @@ import numpy as np
 
 #: How far above 1 the band recursion's rounding can put a p-value of 1 (a few ulps; see exact_pvalues).
 _BAND_ROUNDING = 1e-12
+#: Anti-diagonals with fewer cells than this are filled by a scalar loop.
+_SHORT_DIAGONAL = 16
 
 
 @numba.njit(cache=True, nogil=True)
@@ -81,7 +83,12 @@ def _prob_outside_band(m: int, n: int, g: int, h: int) -> float:
         hi = min(-(-(mg * d + h) // step) - 1, m, d)
         if hi < lo:  # every path leaves the band here
             return 1.0
-        _antidiagonal(line[lo + 1 : hi + 2], previous[lo : hi + 1], previous[lo + 1 : hi + 2], float(lo), float(d), 1.0 / d)
+        if hi - lo < _SHORT_DIAGONAL:  # too short to pay for a vector loop's set-up
+            reciprocal = 1.0 / d
+            for i in range(lo, hi + 1):
+                line[i + 1] = (i * previous[i] + (d - i) * previous[i + 1]) * reciprocal
+        else:
+            _antidiagonal(line[lo + 1 : hi + 2], previous[lo : hi + 1], previous[lo + 1 : hi + 2], float(lo), float(d), 1.0 / d)
         line[lo] = 1.0  # the cells just outside this diagonal's band, which the next one reads
         line[hi + 2] = 1.0
         previous, line = line, previous
