@@ -91,6 +91,8 @@ class DriftScanResult:
     skipped: int
     out: Path | None = None
     levels: tuple[tuple[str, ...], ...] = field(default_factory=tuple)
+    #: Of ``seconds``, the part that does not grow with the number of features (schema, segment codes, Ray start).
+    setup_seconds: float = 0.0
 
 
 def _dataset(path: Path) -> pads.Dataset:
@@ -242,6 +244,7 @@ def run_drift_scan(spec: DriftScanSpec, progress: Callable[[int, int], None] | N
     step = max(1, spec.features_per_task)
     chunks = [features[i : i + step] for i in range(0, len(features), step)]
     levels_ref = ray.put(levels)
+    setup_seconds = time.perf_counter() - started
     source = ray.data.from_items([{"features": chunk} for chunk in chunks], override_num_blocks=len(chunks))
     raw = source.map_batches(
         _scan_chunk,
@@ -261,7 +264,7 @@ def run_drift_scan(spec: DriftScanSpec, progress: Callable[[int, int], None] | N
     drifted = int(np.sum(table.column("drift").to_numpy(zero_copy_only=False)))
     skipped = int(np.isnan(table.column("q_value").to_numpy(zero_copy_only=False)).sum())
     return DriftScanResult(table, time.perf_counter() - started, table.num_rows - skipped, drifted, skipped, spec.out,
-                           tuple(level.columns for level in levels))
+                           tuple(level.columns for level in levels), setup_seconds)
 
 
 def finish_scan(raw: pa.Table, levels: Sequence[RollupLevel], spec: DriftScanSpec) -> pa.Table:
