@@ -92,8 +92,9 @@ def time_evidently(features: int, seed: int) -> float:
 def cpu_seconds_per_feature(workdir: Path, features: int) -> float:
     """CPU seconds per feature of the scan's own work (read, kernels at every level), measured in this process.
 
-    Process CPU time is what the scan costs whatever else the shared machine runs (wall time is
-    not); Ray's scheduling and the driver's BH/write are left out.
+    Process CPU time depends far less than wall time on what else the shared machine runs
+    (contention for caches and memory still inflates it: compare runs at similar load); Ray's
+    scheduling and the driver's BH/write are left out.
     """
     spec = DriftScanSpec(workdir / "reference", workdir / "current", ("cell_id",), min_samples=50)
     levels = rollup_levels(spec)
@@ -159,7 +160,7 @@ def main() -> None:
               f"{result.setup_seconds * FULL_ROWS / args.rows + per_feature_part:.0f} s")
     ray.shutdown()
     cpu = cpu_seconds_per_feature(workdir, min(args.features, 4))
-    print(f"kernel CPU time, in-process on one core: {cpu:.2f} s per feature ({args.rows:,} + {args.rows:,} rows, "
+    print(f"kernel CPU time, in-process on one core (load {os.getloadavg()[0]:.1f}): {cpu:.2f} s per feature ({args.rows:,} + {args.rows:,} rows, "
           f"cell and global levels, parquet read included); 250 features on {os.cpu_count()} idle cores: "
           f"{cpu * scale * args.features / os.cpu_count():.0f} s plus setup")
     if args.workdir is None:

@@ -128,8 +128,8 @@ def numeric_drift_by_rollup(
               for p, k in levels]
     results = []
     if ref.dtype == np.float32 and cur.dtype == np.float32:
-        ref_keys, ref_codes = _radix_sort(ref, _segment_codes(ref_seg))
-        cur_keys, cur_codes = _radix_sort(cur, _segment_codes(cur_seg))
+        ref_keys, ref_codes = _radix_sort(np.ascontiguousarray(ref), _segment_codes(ref_seg))
+        cur_keys, cur_codes = _radix_sort(np.ascontiguousarray(cur), _segment_codes(cur_seg))
         for (parent, _), (level_ref, level_cur) in zip(levels, counts, strict=True):
             ref_sorted, ref_start = _group_sorted(ref_keys, ref_codes, parent, level_ref)
             cur_sorted, cur_start = _group_sorted(cur_keys, cur_codes, parent, level_cur)
@@ -184,7 +184,7 @@ def sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray)
     segment = _segment_codes(segment)
     counts = np.asarray(counts, dtype=np.int64)
     if values.dtype == np.float32:
-        keys, codes = _radix_sort(values, segment)
+        keys, codes = _radix_sort(np.ascontiguousarray(values), segment)
         return _group_sorted(keys, codes, np.zeros(0, dtype=np.int64), counts)
     return _sort_by_segment(values, segment, counts)
 
