@@ -168,8 +168,8 @@ def _drift_from_sorted(
 
 
 def _segment_codes(segment: np.ndarray) -> np.ndarray:
-    segment = np.asarray(segment)
-    return segment if segment.dtype in (np.int32, np.int64) else segment.astype(np.int64)
+    """Segment codes as int32 (the scan's own dtype), so each compiled kernel has one signature to compile."""
+    return np.asarray(segment).astype(np.int32, copy=False)
 
 
 def sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
