@@ -13,7 +13,9 @@ a tenth of the features. The scan runs through ``eval.drift_scan.run_drift_scan`
 ``dispatchml drift-scan --segment-by cell_id`` does (cell rows plus the global rollup row).
 
 Cost is linear in the number of features, so ``--features`` below 250 extrapolates exactly:
-the printed ``full-scale estimate`` multiplies by ``250 / features`` and ``8.4M / rows``. Keep
+the printed ``full-scale estimate`` multiplies by ``250 / features`` and ``8.4M / rows``; a
+second estimate scales only the part after the setup (segment codes, Ray start), which does not
+grow with the number of features. Keep
 ``--cells 25000`` with fewer rows and segment sizes shrink (the exact KS p-value's O(n1·n2) cost
 falls), so reduce features first.
 
@@ -24,6 +26,7 @@ falls), so reduce features first.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -37,7 +40,15 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.drift_scan import DriftScanSpec, run_drift_scan
+from eval.drift_scan import (
+    DriftScanSpec,
+    RollupLevel,
+    read_columns,
+    resolve_columns,
+    rollup_levels,
+    run_drift_scan,
+    scan_features,
+)
 from simulator.world import build_world
 
 FULL_ROWS = 8_400_000
@@ -78,6 +89,25 @@ def time_evidently(features: int, seed: int) -> float:
     return time.perf_counter() - started
 
 
+def cpu_seconds_per_feature(workdir: Path, features: int) -> float:
+    """CPU seconds per feature of the scan's own work (read, kernels at every level), measured in this process.
+
+    Process CPU time depends far less than wall time on what else the shared machine runs
+    (contention for caches and memory still inflates it: compare runs at similar load); Ray's
+    scheduling and the driver's BH/write are left out.
+    """
+    spec = DriftScanSpec(workdir / "reference", workdir / "current", ("cell_id",), min_samples=50)
+    levels = rollup_levels(spec)
+    names, categorical = resolve_columns(spec)
+    scan_features(read_columns(spec.reference, names[:1]).slice(0, 1000), read_columns(spec.current, names[:1]).slice(0, 1000),
+                  categorical, [RollupLevel((), levels[-1].keys, np.zeros(1000, np.int32), np.zeros(1000, np.int32))])  # compile
+    started = time.process_time()
+    for name in names[:features]:
+        scan_features(read_columns(spec.reference, [name]), read_columns(spec.current, [name]), categorical, levels,
+                      "auto", spec.min_samples)
+    return (time.process_time() - started) / features
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=FULL_ROWS, help="rows per window (reference and current each)")
@@ -115,13 +145,24 @@ def main() -> None:
     for method in methods:
         spec = DriftScanSpec(workdir / "reference", workdir / "current", ("cell_id",), ks_method=method,
                              features_per_task=args.features_per_task)
+        load_before = os.getloadavg()[0]
         result = run_drift_scan(spec)
+        print(f"load average (1 min) on this shared {os.cpu_count()}-core machine: {load_before:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after the scan")
         per_segment = result.seconds / args.cells * (FULL_FEATURES / args.features)
+        per_feature_part = (result.seconds - result.setup_seconds) * scale
         print(f"drift-scan ks={method}: {result.seconds:.1f} s for {result.table.num_rows:,} (cell, feature) rows, "
               f"{result.drifted:,} drifted, {result.skipped:,} skipped; full-scale estimate {result.seconds * scale:.0f} s "
               f"(target 60 s); per 250-feature segment {per_segment * 1e3:.1f} ms, "
               f"ratio to Evidently per segment {per_segment_evidently / per_segment:,.0f}x")
+        print(f"  of which setup (segment codes, Ray start; independent of the feature count) "
+              f"{result.setup_seconds:.1f} s: full-scale estimate scaling only the rest "
+              f"{result.setup_seconds * FULL_ROWS / args.rows + per_feature_part:.0f} s")
     ray.shutdown()
+    cpu = cpu_seconds_per_feature(workdir, min(args.features, 4))
+    print(f"kernel CPU time, in-process on one core (load {os.getloadavg()[0]:.1f}): {cpu:.2f} s per feature ({args.rows:,} + {args.rows:,} rows, "
+          f"cell and global levels, parquet read included); 250 features on {os.cpu_count()} idle cores: "
+          f"{cpu * scale * args.features / os.cpu_count():.0f} s plus setup")
     if args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -1,12 +1,12 @@
 """Distribution-drift statistics between a reference and a current sample, for many segments at once.
 
-Every kernel is a pure numpy function. The *segmented* kernels take one feature's values for
-every segment of a scan (a cell, a region, ...) with an integer segment code per value and
-return one statistic per segment, computed with a single sort of the pooled values: sorting by
-the composite key ``(segment, value, sample)`` puts each segment's reference and current values
-in one merged order, from which the empirical CDFs, the KS supremum, the Wasserstein integral,
-the reference deciles and the bin counts all follow with cumulative sums and ``searchsorted``.
-A 25K-cell scan is then a few array passes per feature rather than 25K Python calls.
+Every kernel is a pure function on numpy arrays. The *segmented* kernels take one feature's
+values for every segment of a scan (a cell, a region, ...) with an integer segment code per
+value and return one statistic per segment: each sample is grouped by segment and sorted within
+its segments (:func:`sort_by_segment`), then one compiled pass per segment (numba) merges the
+two sorted slices for the empirical CDFs, the KS supremum and the Wasserstein integral, reads
+the reference deciles by index and counts the PSI bins by binary search. A 25K-cell scan is then
+a few passes over the data per feature rather than 25K Python calls.
 
 The one-sample-pair functions (:func:`psi`, :func:`ks_2samp`, ...) are the segmented kernels
 applied to a single segment; they exist to state and test the definitions against scipy.
@@ -27,13 +27,14 @@ Definitions (each function's docstring cites its reference):
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
+import numba
 import numpy as np
 from scipy import special, stats
-from scipy.stats._stats_py import _attempt_exact_2kssamp
+
+from eval.ks_exact import exact_pvalues
 
 #: PSI bins: the reference deciles (Siddiqi 2006, "Credit Risk Scorecards", ch. 8).
 PSI_BINS = 10
@@ -66,54 +67,7 @@ class SegmentDrift:
     chi2_pvalue: np.ndarray
 
 
-# --- ordering codes -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Codes:
-    """Integer codes monotone in value (equal values, equal codes) for a pooled sample.
-
-    float32 values use their bit pattern turned into an order-preserving uint32 (no sort
-    needed); other dtypes use the dense rank among the pooled distinct values.
-    """
-
-    reference: np.ndarray
-    current: np.ndarray
-    bits: int  # codes fit in this many bits, so a composite key is (segment << bits) | code
-    distinct: np.ndarray | None  # sorted distinct values for the rank codes; None for float32 bits
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        if self.distinct is not None:
-            return self.distinct[codes.astype(np.int64)]
-        bits = codes.astype(np.uint32)
-        negative = bits < np.uint32(0x80000000)
-        raw = np.where(negative, ~bits, bits ^ np.uint32(0x80000000))
-        return raw.view(np.float32).astype(np.float64)
-
-    def below_or_equal(self, edges: np.ndarray) -> np.ndarray:
-        """Smallest code ``c`` with ``x <= edge  <=>  code(x) < c`` for every pooled value ``x``."""
-        if self.distinct is not None:
-            return np.searchsorted(self.distinct, edges, side="right").astype(np.uint64)
-        rounded = edges.astype(np.float32)
-        rounded = np.where(rounded > edges, np.nextafter(rounded, np.float32(-np.inf)), rounded)
-        return _float32_codes(rounded.astype(np.float32)) + np.uint64(1)
-
-
-def _float32_codes(values: np.ndarray) -> np.ndarray:
-    """Order-preserving uint32 of IEEE-754 float32 (sign flip for positives, invert negatives)."""
-    bits = (values + np.float32(0.0)).view(np.uint32)  # + 0.0 turns -0.0 into +0.0: they tie
-    negative = bits >= np.uint32(0x80000000)
-    return np.where(negative, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
-
-
-def _codes(reference: np.ndarray, current: np.ndarray) -> _Codes:
-    if reference.dtype == np.float32 and current.dtype == np.float32:
-        return _Codes(_float32_codes(reference), _float32_codes(current), 32, None)
-    ref = reference.astype(np.float64)
-    cur = current.astype(np.float64)
-    distinct, inverse = np.unique(np.concatenate([ref, cur]), return_inverse=True)
-    inverse = inverse.astype(np.uint64)
-    return _Codes(inverse[: ref.size], inverse[ref.size :], max(int(distinct.size), 1).bit_length(), distinct)
+# --- numeric features -----------------------------------------------------------------------
 
 
 def _finite(values: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +78,6 @@ def _finite(values: np.ndarray, segments: np.ndarray) -> tuple[np.ndarray, np.nd
     if keep.all():
         return values, np.asarray(segments)
     return values[keep], np.asarray(segments)[keep]
-
-
-# --- numeric features -----------------------------------------------------------------------
 
 
 def numeric_drift_by_segment(
@@ -140,45 +91,69 @@ def numeric_drift_by_segment(
 ) -> SegmentDrift:
     """PSI, JS distance, KS and normalised Wasserstein for one numeric feature in every segment.
 
-    ``*_segment`` are integer codes in ``[0, n_segments)``. float32 input is the fast path (no
-    value sort beyond the one composite-key sort); other dtypes are compared as float64.
-    ``ks_method`` is scipy's ``ks_2samp`` method (see :func:`ks_pvalues`). The KS p-value, the
-    one costly statistic, is left ``nan`` for segments with fewer than ``min_samples`` values on
-    either side: the scan skips them anyway.
+    ``*_segment`` are integer codes in ``[0, n_segments)``. float32 input is compared as float32
+    (the fast path: half the bytes to move and sort); other dtypes as float64. ``ks_method`` is
+    scipy's ``ks_2samp`` method (see :func:`ks_pvalues`). The KS p-value, the one costly
+    statistic, is left ``nan`` for segments with fewer than ``min_samples`` values on either
+    side: the scan skips them anyway.
+    """
+    return numeric_drift_by_rollup(reference, reference_segment, current, current_segment, n_segments, (), ks_method,
+                                   min_samples)[0]
+
+
+def numeric_drift_by_rollup(
+    reference: np.ndarray,
+    reference_segment: np.ndarray,
+    current: np.ndarray,
+    current_segment: np.ndarray,
+    n_segments: int,
+    rollups: Sequence[tuple[np.ndarray, int]] = (),
+    ks_method: str = "auto",
+    min_samples: int = 1,
+) -> list[SegmentDrift]:
+    """:func:`numeric_drift_by_segment` for the segments and for each coarser level that groups them.
+
+    ``rollups`` holds ``(parent, n_parent)`` per coarser level, ``parent[s]`` being the code of
+    segment ``s`` at that level (a cell's region, or 0 for the global row). Returns the finest
+    level first, then one result per rollup. float32 samples are sorted by value once (radix
+    passes shared by every level), then grouped by each level's code with one stable counting
+    pass, which keeps the value order within a group.
     """
     ref, ref_seg = _finite(reference, reference_segment)
     cur, cur_seg = _finite(current, current_segment)
-    codes = _codes(ref, cur)
-    shift = np.uint64(codes.bits)
-    # key = (segment << bits | code) << 1 | is_current: one sort orders by segment, then value.
-    keys = np.concatenate(
-        [
-            ((ref_seg.astype(np.uint64) << shift) | codes.reference) << np.uint64(1),
-            ((((cur_seg.astype(np.uint64) << shift) | codes.current) << np.uint64(1)) | np.uint64(1)),
-        ]
-    )
-    keys.sort()
-    is_current = (keys & np.uint64(1)).astype(bool)
-    half = keys >> np.uint64(1)  # segment << bits | code
-    del keys
+    levels = [(np.zeros(0, dtype=np.int64), n_segments), *((np.asarray(p, dtype=np.int64), int(k)) for p, k in rollups)]
     n_ref = np.bincount(ref_seg, minlength=n_segments).astype(np.int64)
     n_cur = np.bincount(cur_seg, minlength=n_segments).astype(np.int64)
+    counts = [(n_ref, n_cur) if p.size == 0 else (np.bincount(p, n_ref, k).astype(np.int64), np.bincount(p, n_cur, k).astype(np.int64))
+              for p, k in levels]
+    results = []
+    if ref.dtype == np.float32 and cur.dtype == np.float32:
+        ref_keys, ref_codes = _radix_sort(np.ascontiguousarray(ref), _segment_codes(ref_seg))
+        cur_keys, cur_codes = _radix_sort(np.ascontiguousarray(cur), _segment_codes(cur_seg))
+        for (parent, _), (level_ref, level_cur) in zip(levels, counts, strict=True):
+            ref_sorted, ref_start = _group_sorted(ref_keys, ref_codes, parent, level_ref)
+            cur_sorted, cur_start = _group_sorted(cur_keys, cur_codes, parent, level_cur)
+            results.append(_drift_from_sorted(ref_sorted, ref_start, cur_sorted, cur_start, ks_method, min_samples))
+        return results
+    ref = ref.astype(np.float64, copy=False)
+    cur = cur.astype(np.float64, copy=False)
+    for (parent, _), (level_ref, level_cur) in zip(levels, counts, strict=True):
+        ref_sorted, ref_start = sort_by_segment(ref, ref_seg if parent.size == 0 else parent[ref_seg], level_ref)
+        cur_sorted, cur_start = sort_by_segment(cur, cur_seg if parent.size == 0 else parent[cur_seg], level_cur)
+        results.append(_drift_from_sorted(ref_sorted, ref_start, cur_sorted, cur_start, ks_method, min_samples))
+    return results
 
-    ref_half = half[~is_current]  # reference values sorted within segments
-    mask = np.uint64((1 << codes.bits) - 1)
-    ref_values = codes.decode(ref_half & mask)
-    ref_start = np.concatenate([[0], np.cumsum(n_ref)[:-1]])
-    cur_half = half[is_current]
-    cur_start = np.concatenate([[0], np.cumsum(n_cur)[:-1]])
 
-    ref_counts, cur_counts = _decile_bin_counts(ref_values, n_ref, ref_start, ref_half, cur_half, cur_start, codes, n_segments)
+def _drift_from_sorted(
+    ref_sorted: np.ndarray, ref_start: np.ndarray, cur_sorted: np.ndarray, cur_start: np.ndarray, ks_method: str, min_samples: int
+) -> SegmentDrift:
+    n_ref = np.diff(ref_start)
+    n_cur = np.diff(cur_start)
+    ks, wasserstein, std, ref_counts, cur_counts = _segment_statistics(ref_sorted, ref_start, cur_sorted, cur_start, _DECILES)
     psi_values, js_values = _psi_and_js(ref_counts, cur_counts)
-    ks, wasserstein = _ecdf_distances(half, is_current, n_ref, n_cur, codes)
-    std = _segment_std(ref_values, n_ref)
     with np.errstate(divide="ignore", invalid="ignore"):
         w_norm = np.where(std > 0, wasserstein / np.where(std > 0, std, 1.0), np.where(wasserstein > 0, np.inf, np.nan))
     tested = (n_ref > 0) & (n_cur > 0)
-    nan = np.full(n_segments, np.nan)
     return SegmentDrift(
         n_reference=n_ref,
         n_current=n_cur,
@@ -188,56 +163,202 @@ def numeric_drift_by_segment(
         ks_stat=np.where(tested, ks, np.nan),
         ks_pvalue=ks_pvalues(np.where(np.minimum(n_ref, n_cur) >= min_samples, ks, np.nan), n_ref, n_cur, ks_method),
         wasserstein_norm=np.where(tested, w_norm, np.nan),
-        chi2_pvalue=nan,
+        chi2_pvalue=np.full(n_ref.size, np.nan),
     )
 
 
-def _decile_bin_counts(
-    ref_values: np.ndarray,
-    n_ref: np.ndarray,
-    ref_start: np.ndarray,
-    ref_half: np.ndarray,
-    cur_half: np.ndarray,
-    cur_start: np.ndarray,
-    codes: _Codes,
-    n_segments: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Reference and current counts in the 10 bins ``(e_{k-1}, e_k]`` at each segment's reference deciles.
+def _segment_codes(segment: np.ndarray) -> np.ndarray:
+    """Segment codes as int32 (the scan's own dtype), so each compiled kernel has one signature to compile."""
+    return np.asarray(segment).astype(np.int32, copy=False)
 
-    The deciles are ``np.quantile(ref, [0.1, ..., 0.9])`` (linear interpolation, numpy's lerp),
-    frozen from the reference; ties at an edge fall in the lower bin.
+
+def sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted_values, starts)``: values grouped by segment code, ascending within each segment.
+
+    Segment ``s`` holds ``sorted_values[starts[s]:starts[s + 1]]``. float32 values are sorted by
+    a least-significant-digit radix sort (Knuth, TAOCP vol. 3, 5.2.5) of their order-preserving
+    uint32 bit patterns, three 11-bit digits, then a stable counting sort by segment: five
+    linear passes whatever the segment sizes. Other dtypes are grouped by segment (counting sort)
+    and each segment's slice is sorted (quicksort).
     """
-    edges = segment_quantiles(ref_values, n_ref, ref_start, _DECILES)  # (S, 9)
-    threshold = codes.below_or_equal(np.nan_to_num(edges, nan=0.0))
-    seg = np.arange(n_segments, dtype=np.uint64)[:, None]
-    probe = (seg << np.uint64(codes.bits)) + threshold  # x <= edge  <=>  half < probe
-    ref_le = np.searchsorted(ref_half, probe, side="left") - ref_start[:, None]
-    cur_le = np.searchsorted(cur_half, probe, side="left") - cur_start[:, None]
-    n_cur = np.diff(np.append(cur_start, cur_half.size))
-    ref_cum = np.concatenate([ref_le, n_ref[:, None]], axis=1)
-    cur_cum = np.concatenate([cur_le, n_cur[:, None]], axis=1)
-    return np.diff(ref_cum, axis=1, prepend=0).astype(np.float64), np.diff(cur_cum, axis=1, prepend=0).astype(np.float64)
+    segment = _segment_codes(segment)
+    counts = np.asarray(counts, dtype=np.int64)
+    if values.dtype == np.float32:
+        keys, codes = _radix_sort(np.ascontiguousarray(values), segment)
+        return _group_sorted(keys, codes, np.zeros(0, dtype=np.int64), counts)
+    return _sort_by_segment(values, segment, counts)
 
 
-def segment_quantiles(sorted_values: np.ndarray, counts: np.ndarray, starts: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """``np.quantile(segment_values, q)`` (method "linear") for every segment of a segment-sorted array.
+@numba.njit(cache=True, nogil=True)
+def _segment_starts(counts: np.ndarray) -> np.ndarray:
+    starts = np.zeros(counts.size + 1, dtype=np.int64)
+    for s in range(counts.size):
+        starts[s + 1] = starts[s] + counts[s]
+    return starts
 
-    Uses numpy's own interpolation ``_lerp`` (``b - (b - a)(1 - t)`` for ``t >= 0.5``) so the
-    edges are bit-identical to ``np.quantile``. Empty segments give ``nan``.
+
+@numba.njit(cache=True, nogil=True)
+def _sort_by_segment(values: np.ndarray, segment: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts = _segment_starts(counts)
+    position = starts[:-1].copy()
+    grouped = np.empty_like(values)
+    for i in range(values.size):
+        s = segment[i]
+        grouped[position[s]] = values[i]
+        position[s] += 1
+    for s in range(counts.size):
+        grouped[starts[s] : starts[s + 1]].sort()
+    return grouped, starts
+
+
+_SIGN = np.uint32(0x80000000)
+_DIGIT_BITS = 11
+_DIGIT_MASK = np.uint32((1 << _DIGIT_BITS) - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix_sort(values: np.ndarray, segment: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order-preserving uint32 keys of float32 ``values``, sorted, with ``segment`` carried along (stable)."""
+    n = values.size
+    bits = values.view(np.uint32)
+    # Order-preserving key: flip the sign bit of positives, invert negatives (IEEE-754 total order;
+    # -0.0 sorts just before +0.0, and they still compare equal as floats).
+    keys = np.empty(n, dtype=np.uint32)
+    histogram = np.zeros((3, 1 << _DIGIT_BITS), dtype=np.int64)
+    for i in range(n):
+        b = bits[i]
+        k = ~b if b & _SIGN else b | _SIGN
+        keys[i] = k
+        histogram[0, k & _DIGIT_MASK] += 1
+        histogram[1, (k >> _DIGIT_BITS) & _DIGIT_MASK] += 1
+        histogram[2, k >> (2 * _DIGIT_BITS)] += 1
+    seg = segment.astype(np.int32)
+    keys_out = np.empty_like(keys)
+    seg_out = np.empty_like(seg)
+    for digit in range(3):
+        shift = digit * _DIGIT_BITS
+        if histogram[digit].max() == n:  # every key has the same digit: the pass would not move anything
+            continue
+        offset = np.zeros(1 << _DIGIT_BITS, dtype=np.int64)
+        for d in range(1, 1 << _DIGIT_BITS):
+            offset[d] = offset[d - 1] + histogram[digit, d - 1]
+        for i in range(n):
+            d = (keys[i] >> shift) & _DIGIT_MASK
+            o = offset[d]
+            keys_out[o] = keys[i]
+            seg_out[o] = seg[i]
+            offset[d] = o + 1
+        keys, keys_out = keys_out, keys
+        seg, seg_out = seg_out, seg
+    return keys, seg
+
+
+@numba.njit(cache=True, nogil=True)
+def _group_sorted(keys: np.ndarray, segment: np.ndarray, parent: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable counting sort of value-sorted ``keys`` by ``parent[segment]`` (``segment`` if ``parent`` is empty), decoded to float32."""
+    n = keys.size
+    starts = _segment_starts(counts)
+    ordered = np.empty(n, dtype=np.uint32)
+    if counts.size == 1:
+        ordered[:] = keys
+    else:
+        position = starts[:-1].copy()
+        mapped = parent.size > 0
+        for i in range(n):
+            s = parent[segment[i]] if mapped else segment[i]
+            ordered[position[s]] = keys[i]
+            position[s] += 1
+    for i in range(n):
+        k = ordered[i]
+        ordered[i] = k ^ _SIGN if k & _SIGN else ~k
+    return ordered.view(np.float32), starts
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_at_most(sorted_values: np.ndarray, lo: int, hi: int, edge: float) -> int:
+    """Number of ``sorted_values[lo:hi]`` that are ``<= edge`` (binary search, float64 comparison)."""
+    first = lo
+    last = hi
+    while first < last:
+        middle = (first + last) // 2
+        if np.float64(sorted_values[middle]) <= edge:
+            first = middle + 1
+        else:
+            last = middle
+    return first - lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _segment_statistics(
+    ref: np.ndarray, ref_start: np.ndarray, cur: np.ndarray, cur_start: np.ndarray, deciles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per segment of two segment-sorted samples: KS ``D``, Wasserstein-1, ``std(ref)`` and the PSI bin counts.
+
+    * KS ``D = sup |F_ref − F_cur|`` and Wasserstein-1 ``∫ |F_ref − F_cur| dx`` from one merge of
+      the two sorted slices; both CDFs are taken after the last of each run of equal values
+      (``side="right"``, so ties are handled as scipy does), and ``F_ref − F_cur`` is computed as
+      ``i/n1 − j/n2`` in float64, as ``scipy.stats.ks_2samp`` does.
+    * ``np.std(ref)`` (ddof 0), two-pass in float64.
+    * Bin counts over the 10 bins ``(e_{k-1}, e_k]`` at the reference deciles, which are
+      ``np.quantile(ref, [0.1, ..., 0.9])`` with numpy's own linear interpolation
+      (``_lerp``: ``b − (b − a)(1 − t)`` for ``t >= 0.5``, else ``a + (b − a)t``), so the edges
+      are bit-identical to ``np.quantile``'s; ties at an edge fall in the lower bin.
     """
-    n = counts.astype(np.float64)[:, None]
-    virtual = q[None, :] * np.maximum(n - 1.0, 0.0)
-    lower = np.floor(virtual)
-    t = virtual - lower
-    lo_index = starts[:, None] + lower.astype(np.int64)
-    hi_index = starts[:, None] + np.minimum(lower + 1.0, np.maximum(n - 1.0, 0.0)).astype(np.int64)
-    if sorted_values.size == 0:
-        return np.full((counts.size, q.size), np.nan)
-    a = sorted_values[np.clip(lo_index, 0, sorted_values.size - 1)]
-    b = sorted_values[np.clip(hi_index, 0, sorted_values.size - 1)]
-    diff = b - a
-    out = np.where(t >= 0.5, b - diff * (1.0 - t), a + diff * t)
-    return np.where(counts[:, None] > 0, out, np.nan)
+    n_segments = ref_start.size - 1
+    bins = deciles.size + 1
+    ks = np.full(n_segments, np.nan)
+    wasserstein = np.full(n_segments, np.nan)
+    std = np.full(n_segments, np.nan)
+    ref_counts = np.zeros((n_segments, bins))
+    cur_counts = np.zeros((n_segments, bins))
+    for s in range(n_segments):
+        a0, a1, b0, b1 = ref_start[s], ref_start[s + 1], cur_start[s], cur_start[s + 1]
+        n1, n2 = a1 - a0, b1 - b0
+        if n1 == 0:
+            continue
+        total = 0.0
+        for i in range(a0, a1):
+            total += np.float64(ref[i])
+        mean = total / n1
+        square = 0.0
+        for i in range(a0, a1):
+            square += (np.float64(ref[i]) - mean) ** 2
+        std[s] = np.sqrt(square / n1)
+        below_ref = 0
+        below_cur = 0
+        for k in range(deciles.size):
+            virtual = deciles[k] * (n1 - 1)
+            lower = np.floor(virtual)
+            t = virtual - lower
+            a = np.float64(ref[a0 + int(lower)])
+            b = np.float64(ref[a0 + min(int(lower) + 1, n1 - 1)])
+            edge = b - (b - a) * (1.0 - t) if t >= 0.5 else a + (b - a) * t
+            at_most_ref = _count_at_most(ref, a0, a1, edge)
+            at_most_cur = _count_at_most(cur, b0, b1, edge)
+            ref_counts[s, k] = at_most_ref - below_ref
+            cur_counts[s, k] = at_most_cur - below_cur
+            below_ref, below_cur = at_most_ref, at_most_cur
+        ref_counts[s, bins - 1] = n1 - below_ref
+        cur_counts[s, bins - 1] = n2 - below_cur
+        if n2 == 0:
+            continue
+        i, j = a0, b0
+        sup = 0.0
+        area = 0.0
+        while i < a1 or j < b1:
+            value = ref[i] if j == b1 or (i < a1 and ref[i] <= cur[j]) else cur[j]
+            while i < a1 and ref[i] == value:
+                i += 1
+            while j < b1 and cur[j] == value:
+                j += 1
+            gap = abs((i - a0) / n1 - (j - b0) / n2)
+            sup = max(sup, gap)
+            if i < a1 or j < b1:
+                following = ref[i] if j == b1 or (i < a1 and ref[i] <= cur[j]) else cur[j]
+                area += gap * (np.float64(following) - np.float64(value))
+        ks[s] = sup
+        wasserstein[s] = area
+    return ks, wasserstein, std, ref_counts, cur_counts
 
 
 def _psi_and_js(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -285,72 +406,17 @@ def psi_null_bias(bins: int | np.ndarray, n_reference: np.ndarray, n_current: np
         return (np.asarray(bins) - 1) * (1.0 / np.asarray(n_reference, float) + 1.0 / np.asarray(n_current, float))
 
 
-def _ecdf_distances(
-    half: np.ndarray,
-    is_current: np.ndarray,
-    n_ref: np.ndarray,
-    n_cur: np.ndarray,
-    codes: _Codes,
-) -> tuple[np.ndarray, np.ndarray]:
-    """KS ``sup |F_ref − F_cur|`` and Wasserstein-1 ``∫ |F_ref − F_cur| dx`` per segment.
-
-    Both CDFs are evaluated at the last value of each run of equal values in the merged order
-    (``side="right"`` in scipy's terms, so ties are handled as scipy does).
-    """
-    n_segments = n_ref.size
-    if half.size == 0:
-        return np.full(n_segments, np.nan), np.full(n_segments, np.nan)
-    run_end = np.empty(half.size, dtype=bool)
-    run_end[:-1] = half[1:] != half[:-1]
-    run_end[-1] = True
-    ends = np.flatnonzero(run_end)
-    cum_cur = np.cumsum(is_current, dtype=np.int64)[ends]
-    cum_ref = ends + 1 - cum_cur
-    base_cur = np.concatenate([[0], np.cumsum(n_cur)[:-1]])
-    base_ref = np.concatenate([[0], np.cumsum(n_ref)[:-1]])
-    end_half = half[ends]
-    end_seg = (end_half >> np.uint64(codes.bits)).astype(np.int64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f_ref = (cum_ref - base_ref[end_seg]) / n_ref[end_seg]
-        f_cur = (cum_cur - base_cur[end_seg]) / n_cur[end_seg]
-    gap = np.abs(f_ref - f_cur)
-    ks = np.zeros(n_segments)
-    _segment_max(ks, end_seg, gap)
-    values = codes.decode(end_half & np.uint64((1 << codes.bits) - 1))
-    width = np.zeros(values.size)
-    same = end_seg[1:] == end_seg[:-1]
-    width[:-1] = np.where(same, values[1:] - values[:-1], 0.0)
-    wasserstein = np.bincount(end_seg, weights=np.nan_to_num(gap, nan=0.0) * width, minlength=n_segments)
-    return ks, wasserstein
-
-
-def _segment_max(out: np.ndarray, sorted_segment: np.ndarray, values: np.ndarray) -> None:
-    """``out[s] = max(values[sorted_segment == s])`` for a sorted segment array (reduceat)."""
-    starts = np.flatnonzero(np.r_[True, sorted_segment[1:] != sorted_segment[:-1]])
-    out[sorted_segment[starts]] = np.maximum.reduceat(np.nan_to_num(values, nan=0.0), starts)
-
-
-def _segment_std(sorted_values: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Population standard deviation (``np.std``, ddof=0) per segment, two-pass."""
-    seg = np.repeat(np.arange(counts.size), counts)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = np.bincount(seg, weights=sorted_values, minlength=counts.size) / counts
-        var = np.bincount(seg, weights=(sorted_values - mean[seg]) ** 2, minlength=counts.size) / counts
-    return np.sqrt(var)
-
-
 def ks_pvalues(statistic: np.ndarray, n_reference: np.ndarray, n_current: np.ndarray, method: str = "auto") -> np.ndarray:
     """Two-sided KS p-values exactly as ``scipy.stats.ks_2samp(..., method=method)`` computes them.
 
     ``auto`` means the exact lattice-path probability (Hodges 1958) when both samples have at
-    most 10,000 values, else Smirnov's limiting distribution ``kstwo.sf(D, round(mn/(m+n)))``.
-    The exact branch calls scipy's own routine, memoised on ``(n1, n2, h)`` where ``D = h /
-    lcm(n1, n2)``: within a scan the same segment sizes and lattice steps recur across
-    features. If scipy's exact computation fails it falls back to the asymptotic one, as scipy does.
+    most 10,000 values (:func:`eval.ks_exact.exact_pvalues`, scipy's recursions compiled and
+    batched), else Smirnov's limiting distribution ``kstwo.sf(D, round(mn/(m+n)))``. If the
+    exact computation fails it falls back to the asymptotic one, as scipy does.
 
-    The exact branch costs O(n1·n2) per test (a lattice-path recursion), which dominates a scan
-    of busy cells; ``method="asymp"`` (scipy's ``method="asymp"``) is O(1) and is what
-    ``bench/drift_scan.py`` compares against.
+    The exact branch costs O(m × band) per test, band ≈ 2·D·n (a lattice-path recursion); it is
+    most of a scan's time in busy cells. ``method="asymp"`` (scipy's ``method="asymp"``) is the
+    comparison ``bench/drift_scan.py`` can run.
     """
     if method not in ("auto", "asymp"):
         raise ValueError(f"method must be 'auto' or 'asymp', got {method!r}")
@@ -360,26 +426,13 @@ def ks_pvalues(statistic: np.ndarray, n_reference: np.ndarray, n_current: np.nda
     out = np.full(d.shape, np.nan)
     valid = (n1 > 0) & (n2 > 0) & np.isfinite(d)
     exact = valid & (np.maximum(n1, n2) <= KS_EXACT_MAX_N) & (method == "auto")
-    asymp = valid & ~exact
-    for i in np.flatnonzero(exact):
-        a, b = int(n1[i]), int(n2[i])
-        lcm = (a // math.gcd(a, b)) * b
-        out[i] = _ks_exact(a, b, int(np.round(d[i] * lcm)))
-    failed = exact & np.isnan(out)
-    asymp = asymp | failed
+    out[exact] = exact_pvalues(n1[exact], n2[exact], d[exact])
+    asymp = (valid & ~exact) | (exact & np.isnan(out))
     if asymp.any():
         m = np.maximum(n1[asymp], n2[asymp]).astype(float)
         n = np.minimum(n1[asymp], n2[asymp]).astype(float)
         out[asymp] = stats.kstwo.sf(d[asymp], np.round(m * n / (m + n)))
     return np.clip(out, 0.0, 1.0)
-
-
-@lru_cache(maxsize=1 << 18)
-def _ks_exact(n1: int, n2: int, h: int) -> float:
-    g = math.gcd(n1, n2)
-    lcm = (n1 // g) * n2
-    success, _, prob = _attempt_exact_2kssamp(n1, n2, g, h / lcm, "two-sided")
-    return float(prob) if success else float("nan")
 
 
 # --- categorical features -------------------------------------------------------------------

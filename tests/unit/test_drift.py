@@ -213,3 +213,28 @@ def test_heatmap_grid_places_cells_on_the_cell_grid(tmp_path) -> None:  # type: 
     cells.to_parquet(tmp_path / "cells.parquet")
     out = write_heatmap(tmp_path / "scan.parquet", tmp_path / "cells.parquet", tmp_path / "heatmap.html")
     assert "drift by cell" in out.read_text()
+
+
+def test_rollup_levels_equal_each_level_computed_alone() -> None:
+    """One value sort shared by every level gives what each level's own computation gives (and scipy's)."""
+    rng = np.random.default_rng(13)
+    cells, regions = 30, 4
+    region_of_cell = rng.integers(0, regions, cells)
+    ref_cell, cur_cell = rng.integers(0, cells, 4000), rng.integers(0, cells, 3000)
+    for dtype in (np.float32, np.float64):
+        ref = np.round(rng.standard_normal(ref_cell.size), 2).astype(dtype)
+        cur = np.round(rng.standard_normal(cur_cell.size) + 0.1 * (cur_cell % 3), 2).astype(dtype)
+        ref[::53] = np.nan
+        rollups = [(region_of_cell, regions), (np.zeros(cells, np.int64), 1)]
+        by_cell, by_region, overall = drift.numeric_drift_by_rollup(ref, ref_cell, cur, cur_cell, cells, rollups)
+        alone = [
+            drift.numeric_drift_by_segment(ref, ref_cell, cur, cur_cell, cells),
+            drift.numeric_drift_by_segment(ref, region_of_cell[ref_cell], cur, region_of_cell[cur_cell], regions),
+            drift.numeric_drift_by_segment(ref, np.zeros(ref.size, int), cur, np.zeros(cur.size, int), 1),
+        ]
+        for rolled, single in zip((by_cell, by_region, overall), alone, strict=True):
+            for name in ("n_reference", "n_current", "psi", "ks_stat", "ks_pvalue", "wasserstein_norm", "js_distance"):
+                np.testing.assert_array_equal(getattr(rolled, name), getattr(single, name))
+        a, b = ref[np.isfinite(ref) & (region_of_cell[ref_cell] == 2)], cur[region_of_cell[cur_cell] == 2]
+        assert by_region.ks_pvalue[2] == pytest.approx(stats.ks_2samp(a, b).pvalue, abs=TOL)
+        assert by_region.psi[2] == pytest.approx(_psi_by_hand(a, b)[0], abs=TOL, rel=TOL)
