@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cluster.config import load_settings  # noqa: E402
+from cluster.serve import connect  # noqa: E402
 from contracts.features import group  # noqa: E402
 from contracts.warehouse import world_path  # noqa: E402
 
@@ -174,10 +175,9 @@ def main() -> None:
     push_everything(settings)
     subprocess.run([DISPATCHML, "serve", "up"], check=True, env=env, capture_output=True)
     try:
-        import ray
         from ray import serve
 
-        ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False)
+        connect()
         serve.run(_echo_app(), name="echo", route_prefix="/echo", blocking=False)
         time.sleep(6)  # the router's cache picks up the pushes within one 5 s refresh
         with tempfile.TemporaryDirectory() as tmp:
