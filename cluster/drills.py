@@ -43,7 +43,17 @@ from pathlib import Path
 import httpx
 
 from cluster.config import Settings, load_settings
-from cluster.load import BATCH_GROUPS, NEAR_REAL_TIME_GROUPS, Answer, Job, job_bodies, percentile_ms, push_features, run_load
+from cluster.load import (
+    BATCH_GROUPS,
+    NEAR_REAL_TIME_GROUPS,
+    Answer,
+    Job,
+    LoadProcess,
+    job_bodies,
+    percentile_ms,
+    push_features,
+    run_load,
+)
 from contracts.features import group
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -139,7 +149,14 @@ class DelayProxy:
         return self
 
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        async def shutdown() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop)
         self._thread.join(5)
 
     def _serve(self) -> None:
@@ -214,6 +231,7 @@ class DrillWorld:
     rate: float
     seconds: float
     log_on_tmpfs: bool
+    load: LoadProcess
     challengers: list[str] = field(default_factory=list)
     _seed: int = 0
 
@@ -257,10 +275,10 @@ class DrillWorld:
 
 
 def _build_world(workdir: Path, env: dict[str, str]) -> None:
-    """A small trained world (the demo, shrunk as the e2e tests shrink it)."""
+    """A small trained world: the demo shrunk to what the drills need (four regions, two weeks)."""
     from cluster.demo import DemoOptions, run_demo
 
-    run_demo(load_settings(None, environ=env), DemoOptions(workdir=workdir, days=21, events_per_day=15_000, cells=900, regions=4, providers=3_000))
+    run_demo(load_settings(None, environ=env), DemoOptions(workdir=workdir, days=14, events_per_day=8_000, cells=600, regions=4, providers=2_000))
 
 
 def _mount_tmpfs(directory: Path) -> bool:
@@ -297,6 +315,7 @@ def drill_world(workdir: Path, rate: float = 50.0, seconds: float = 24.0) -> Ite
     redis = RedisServer(_free_port())
     redis.start()
     proxy = DelayProxy(redis.port).start()
+    load = LoadProcess()
     mounted = False
     try:
         if not (workdir / "dispatchml.yaml").exists():
@@ -313,20 +332,28 @@ def drill_world(workdir: Path, rate: float = 50.0, seconds: float = 24.0) -> Ite
             raise DrillError("a Ray head from `dispatchml serve up` is running; stop it (dispatchml serve down) before drilling")
         log_root = Path(settings.paths.root) / "prediction_log"
         mounted = _mount_tmpfs(log_root)
-        world = DrillWorld(settings, env, redis, proxy, rate, seconds, mounted)
+        world = DrillWorld(settings, env, redis, proxy, rate, seconds, mounted, load)
+        # Daily groups for every region; near-real-time ones only where the feed is live.
+        push_features(settings, groups=BATCH_GROUPS)
         world.push_live()
         world.challengers = [_register_challenger(settings, 45.0, "drill challenger"), _register_challenger(settings, 30.0, "drill challenger 2")]
-        # The Ray head inherits this process's environment: the admin token reaches the router.
-        os.environ.update({k: v for k, v in env.items() if k.startswith("DISPATCHML")})
-        serve.up(settings)
+        # The Ray head inherits this process's environment: that is how the token reaches the router.
+        saved_token = os.environ.get(ADMIN_TOKEN_ENV)
+        os.environ[ADMIN_TOKEN_ENV] = env[ADMIN_TOKEN_ENV]
         try:
+            serve.up(settings)
             _warm_up(world, LIVE_REGIONS, lambda a: a.arm == "champion" and not a.degraded)
             yield world
         finally:
             serve.down(settings)
+            if saved_token is None:
+                os.environ.pop(ADMIN_TOKEN_ENV, None)
+            else:
+                os.environ[ADMIN_TOKEN_ENV] = saved_token
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(Path(workdir) / "prediction_log")], capture_output=True, check=False)
+        load.close()
         proxy.stop()
         redis.stop()
 
@@ -334,12 +361,14 @@ def drill_world(workdir: Path, rate: float = 50.0, seconds: float = 24.0) -> Ite
 def _warm_up(world: DrillWorld, regions: Sequence[int], ready: Callable[[Answer], bool], timeout_s: float = 60.0) -> None:
     """Score single jobs of ``regions`` until one answer is ``ready`` (caches refresh every 5 s)."""
     deadline = time.monotonic() + timeout_s
+    answers: list[Answer] = []
     while time.monotonic() < deadline:
         answers = asyncio.run(run_load(world.url, world.jobs("warmup", regions, seconds=2 / world.rate), rate=10))
         if all(a.ok for a in answers) and any(ready(a) for a in answers):
             return
         time.sleep(1.0)
-    raise DrillError(f"regions {list(regions)} never became ready within {timeout_s:.0f} s")
+    last = [(a.status, a.arm, sorted(a.reasons)) for a in answers]
+    raise DrillError(f"regions {list(regions)} never became ready within {timeout_s:.0f} s; last answers {last}")
 
 
 # -- measuring ---------------------------------------------------------------------------------
@@ -355,16 +384,17 @@ class Run:
 
 
 async def _drive(world: DrillWorld, jobs: list[Job], script: Callable[[Callable[[float], Awaitable[float]]], Awaitable[tuple[float, float]]]) -> Run:
-    """Run the load and, alongside it, ``script(at)``; ``at(t)`` sleeps until ``t`` s into the load."""
-    started = time.perf_counter()
+    """Run the load (in the load process) and, alongside it, ``script(at)``; ``at(t)`` sleeps
+    until ``t`` s into the load and returns the time it woke."""
+    started = time.monotonic() + 0.5  # the load process receives the jobs meanwhile
 
     async def at(t: float) -> float:
-        await asyncio.sleep(max(0.0, started + t - time.perf_counter()))
-        return time.perf_counter() - started
+        await asyncio.sleep(max(0.0, started + t - time.monotonic()))
+        return time.monotonic() - started
 
-    load = asyncio.create_task(run_load(world.url, jobs, world.rate, started=started))
+    world.load.start(world.url, jobs, world.rate, started)
     fault_s, repair_s = await script(at)
-    return Run(await load, fault_s, repair_s)
+    return Run(await asyncio.to_thread(world.load.answers), fault_s, repair_s)
 
 
 def _recovery(answers: Sequence[Answer], repair_s: float, healthy: Callable[[Answer], bool]) -> float | None:
@@ -478,7 +508,7 @@ def _expiring_push(world: DrillWorld, region: int, limit: timedelta, lead_s: flo
 def _feed_drill(world: DrillWorld, name: str, region: int, limit: timedelta, flag: str, mixed: bool) -> tuple[Run, Callable[[Answer], bool]]:
     crossing = _expiring_push(world, region, limit, 14.0, name)
     regions = [region, LIVE_REGIONS[0]] if mixed else [region]
-    jobs = world.jobs(name, regions)
+    jobs = world.jobs(name, regions, seconds=world.seconds + 10)
     started_wall = time.time()
 
     async def script(at):
@@ -600,7 +630,6 @@ def drill_challenger_raising(world: DrillWorld) -> DrillResult:
     from retrain.registry import ModelRegistry
 
     registry = ModelRegistry(world.settings.paths.registry)
-    good = registry.alias("dispatch", "challenger").version
     before = world.metrics()
 
     async def script(at):
@@ -610,16 +639,16 @@ def drill_challenger_raising(world: DrillWorld) -> DrillResult:
         await at(12)
         await asyncio.to_thread(world.set_traffic, challenger_weight=0.25, shadow=False)
         await at(22)
-        await asyncio.to_thread(registry.set_alias, "dispatch", "challenger", good, moved_by="drill", reason="drill over")
+        await asyncio.to_thread(registry.rollback, "dispatch", "challenger", moved_by="drill", reason="drill over")
         await asyncio.to_thread(world.set_traffic, challenger_weight=0.0, shadow=True)
         return fault, await at(24)
 
     run = asyncio.run(_drive(world, world.jobs("challenger_raising", LIVE_REGIONS, seconds=world.seconds + 10), script))
-    result = _measure(world, "challenger_raising", run, lambda a: a.ok and a.arm != "fallback")
+    result = _measure(world, "challenger_raising", run, lambda a: a.ok and "challenger_model" not in a.components)
     after = world.metrics()
     key = "dispatchml_shadow_scores_total{outcome=error}"
     shadow_errors = after.get(key, 0) - before.get(key, 0)
-    failed_canary = sum(a.arm == "fallback" and bool({"model_error", "breaker_open"} & a.reasons) for a in run.answers)
+    failed_canary = sum(a.arm == "fallback" and "challenger_model" in a.components for a in run.answers)
     result.notes.append(f"shadow errors counted {shadow_errors:.0f}, canary jobs answered by the fallback {failed_canary}")
     result.observed = shadow_errors > 0 and failed_canary > 0
     if shadow_errors <= 0:
@@ -653,7 +682,7 @@ def drill_corrupt_artifact(world: DrillWorld) -> DrillResult:
     async def script(at):
         fault = await at(5)
         await asyncio.to_thread(promote)
-        return fault, await at(5)
+        return fault, world.seconds  # the corrupt version stays registered: the fault lasts to the end
 
     run = asyncio.run(_drive(world, world.jobs("corrupt_artifact", LIVE_REGIONS), script))
     result = _measure(world, "corrupt_artifact", run, lambda a: a.ok)
@@ -683,11 +712,15 @@ def drill_log_disk_full(world: DrillWorld) -> DrillResult:
     peak_backlog = [0.0]
 
     def fill() -> None:
-        with open(filler, "wb") as f, contextlib.suppress(OSError):
-            block = b"\0" * (1 << 20)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        block = b"\0" * (1 << 20)
+        try:
             while True:
-                f.write(block)
-                f.flush()
+                os.write(fd, block)
+        except OSError:  # ENOSPC: the disk is full, which is the point
+            pass
+        finally:
+            os.close(fd)
 
     async def script(at):
         fault = await at(3)
@@ -777,7 +810,10 @@ def run_drills(names: Sequence[str], workdir: Path, rate: float = 50.0, seconds:
     with drill_world(workdir, rate, seconds) as world:
         for name in chosen:
             world.push_live()  # live regions stay fresh however long the drills take
-            result = DRILLS[name](world)
+            try:
+                result = DRILLS[name](world)
+            except DrillError as exc:
+                result = DrillResult(name, 0, 0.0, float("nan"), float("nan"), 0.0, None, 0, problems=[f"could not run: {exc}"])
             report(result)
             results.append(result)
     return results

@@ -52,9 +52,8 @@ def push_features(
     keys = {"cell": cells.cell_id.to_numpy(), "region": np.unique(cells.region_id), "provider": providers.provider_id.to_numpy()}
     for name in groups:
         g = group(name)
-        frame = pd.DataFrame({g.join_key: np.asarray(keys[g.entity]), "event_timestamp": stamp, "created_timestamp": stamp})
-        for f in g.features:
-            frame[f] = 1.0
+        ids = np.asarray(keys[g.entity])
+        frame = pd.DataFrame({g.join_key: ids, "event_timestamp": stamp, "created_timestamp": stamp, **{f: np.ones(len(ids)) for f in g.features}})
         if name == "provider_status":
             home = cells.set_index("cell_id").reindex(providers.home_cell_id)
             frame["provider_lat"], frame["provider_lon"] = home.center_lat.to_numpy(), home.center_lon.to_numpy()
@@ -121,6 +120,8 @@ class Answer:
     arm: str | None = None
     degraded: bool = False
     reasons: frozenset[str] = frozenset()
+    #: Degraded components (``cell_traffic``, ``challenger_model``, ...).
+    components: frozenset[str] = frozenset()
     versions: tuple[tuple[str, str | None], ...] = ()
 
     @property
@@ -131,18 +132,19 @@ class Answer:
 async def _send(client, url: str, job: Job, started: float) -> Answer:
     import httpx
 
-    sent = time.perf_counter()
+    sent = time.monotonic()
     try:
         response = await client.post(url, content=job.body, headers={"content-type": "application/json"})
     except httpx.HTTPError:
-        return Answer(sent - started, time.perf_counter() - sent, 0, job.region_id, job.n_candidates)
-    latency = time.perf_counter() - sent
+        return Answer(sent - started, time.monotonic() - sent, 0, job.region_id, job.n_candidates)
+    latency = time.monotonic() - sent
     if response.status_code != 200:
         return Answer(sent - started, latency, response.status_code, job.region_id, job.n_candidates)
     body = response.json()
     return Answer(
         sent - started, latency, 200, job.region_id, job.n_candidates, body["request_id"], body["arm"], bool(body["degraded"]),
-        frozenset(d["reason"] for d in body["degradations"]), tuple(sorted(body["model_versions"].items())),
+        frozenset(d["reason"] for d in body["degradations"]), frozenset(d["component"] for d in body["degradations"]),
+        tuple(sorted(body["model_versions"].items())),
     )
 
 
@@ -151,7 +153,8 @@ async def run_load(base_url: str, jobs: Sequence[Job], rate: float, timeout_s: f
 
     Bounded: ``len(jobs)`` requests, each with ``timeout_s``; the run ends by itself after
     ``len(jobs) / rate + timeout_s`` seconds at most. A transport error or timeout is an answer
-    with status 0. ``started`` (a ``time.perf_counter()`` value) lets a caller share the clock.
+    with status 0. ``started`` (a ``time.monotonic()`` value, the same clock in every process of
+    this machine) lets a caller share the clock and start the schedule later.
     """
     import httpx
 
@@ -160,14 +163,57 @@ async def run_load(base_url: str, jobs: Sequence[Job], rate: float, timeout_s: f
     url = base_url + SCORE_PATH
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
     async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-        t0 = time.perf_counter() if started is None else started
+        t0 = time.monotonic() if started is None else started
         tasks = []
         for i, job in enumerate(jobs):
-            delay = t0 + i / rate - time.perf_counter()
+            delay = t0 + i / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_send(client, url, job, t0)))
         return list(await asyncio.gather(*tasks))
+
+
+class LoadProcess:
+    """``run_load`` in a process of its own, started once and reused.
+
+    A drill injects faults from its own process (pushing features, loading models, killing
+    actors); in that process those would hold the GIL and delay the client's event loop, and
+    the delay would be measured as service latency. Here the client has a core to itself.
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_loads, args=(child,), name="load-generator", daemon=True)
+        self._process.start()
+
+    def start(self, base_url: str, jobs: Sequence[Job], rate: float, started: float, timeout_s: float = 10.0) -> None:
+        """Begin a run whose schedule starts at ``started`` (``time.monotonic()``)."""
+        self._conn.send((base_url, list(jobs), rate, started, timeout_s))
+
+    def answers(self) -> list[Answer]:
+        """The answers of the run begun last; blocks until it ends."""
+        result = self._conn.recv()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def close(self) -> None:
+        self._conn.send(None)
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+
+
+def _serve_loads(conn) -> None:
+    while (request := conn.recv()) is not None:
+        base_url, jobs, rate, started, timeout_s = request
+        try:
+            conn.send(asyncio.run(run_load(base_url, jobs, rate, timeout_s, started)))
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
+            conn.send(exc)
 
 
 def percentile_ms(answers: Sequence[Answer], q: float = 99.0) -> float:
