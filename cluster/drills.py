@@ -35,6 +35,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -428,6 +429,7 @@ def _measure(
     count_lost: bool = True,
 ) -> DrillResult:
     answers = run.answers
+    before = [a for a in answers if a.sent_s < run.fault_s]
     during = [a for a in answers if run.fault_s <= a.sent_s < run.repair_s]
     recovery = _recovery(answers, run.repair_s, healthy)
     after = [a for a in answers if recovery is not None and a.sent_s >= run.repair_s + recovery]
@@ -442,6 +444,10 @@ def _measure(
         recovery_s=recovery,
         lost_records=lost_records(world, answers) if count_lost else 0,
     )
+    reasons = Counter(f"{c}:{r}" for a in during for c, r in a.flags)
+    result.notes.append(f"p99 before the fault {percentile_ms(before):.0f} ms")
+    if reasons:
+        result.notes.append("flags during " + ", ".join(f"{k} {v}" for k, v in reasons.most_common(3)))
     if result.availability < answered_target:
         codes = sorted({a.status for a in answers if not a.ok})
         result.problems.append(f"answered {result.availability:.3%} < {answered_target:.1%} (codes {codes})")

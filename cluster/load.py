@@ -119,14 +119,21 @@ class Answer:
     request_id: str | None = None
     arm: str | None = None
     degraded: bool = False
-    reasons: frozenset[str] = frozenset()
-    #: Degraded components (``cell_traffic``, ``challenger_model``, ...).
-    components: frozenset[str] = frozenset()
+    #: ``(component, reason)`` of every degradation: ``("cell_traffic", "stale")``, ...
+    flags: frozenset[tuple[str, str]] = frozenset()
     versions: tuple[tuple[str, str | None], ...] = ()
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        return frozenset(reason for _, reason in self.flags)
+
+    @property
+    def components(self) -> frozenset[str]:
+        return frozenset(component for component, _ in self.flags)
 
 
 async def _send(client, url: str, job: Job, started: float) -> Answer:
@@ -143,8 +150,7 @@ async def _send(client, url: str, job: Job, started: float) -> Answer:
     body = response.json()
     return Answer(
         sent - started, latency, 200, job.region_id, job.n_candidates, body["request_id"], body["arm"], bool(body["degraded"]),
-        frozenset(d["reason"] for d in body["degradations"]), frozenset(d["component"] for d in body["degradations"]),
-        tuple(sorted(body["model_versions"].items())),
+        frozenset((d["component"], d["reason"]) for d in body["degradations"]), tuple(sorted(body["model_versions"].items())),
     )
 
 
