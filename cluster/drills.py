@@ -365,7 +365,7 @@ def drill_world(workdir: Path, rate: float = 50.0, seconds: float = 24.0) -> Ite
         os.environ[ADMIN_TOKEN_ENV] = env[ADMIN_TOKEN_ENV]
         try:
             serve.up(settings)
-            _warm_up(world, LIVE_REGIONS, lambda a: a.arm == "champion" and not a.degraded)
+            _warm_up(world, LIVE_REGIONS, lambda a: not _feature_flagged(a))
             yield world
         finally:
             serve.down(settings)
@@ -529,7 +529,7 @@ def _expiring_push(world: DrillWorld, region: int, limit: timedelta, lead_s: flo
     stamp = datetime.now(UTC).replace(microsecond=0) - limit + timedelta(seconds=lead_s)
     world.push_live([region], at=stamp, groups=NEAR_REAL_TIME_GROUPS)
     world.push_live([region], groups=BATCH_GROUPS)
-    _warm_up(world, [region], lambda a: a.arm == "champion" and "missing" not in a.reasons)
+    _warm_up(world, [region], lambda a: not _feature_flagged(a))
     return (stamp + limit).timestamp() + 1.0  # ages are whole seconds
 
 
