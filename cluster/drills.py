@@ -603,7 +603,7 @@ def _serve_actors(match: Callable[[str], bool]) -> list:
     return [ray.get_actor(a["name"], namespace=a["namespace"]) for a in ray.util.list_named_actors(all_namespaces=True) if match(a["name"])]
 
 
-def _kill_drill(world: DrillWorld, name: str, match: Callable[[str], bool], healthy: Callable[[Answer], bool]) -> DrillResult:
+def _kill_drill(world: DrillWorld, name: str, match: Callable[[str], bool]) -> tuple[DrillResult, Run]:
     import ray
 
     actors = _serve_actors(match)
@@ -618,20 +618,27 @@ def _kill_drill(world: DrillWorld, name: str, match: Callable[[str], bool], heal
 
     # Long enough for Serve to restart a replica (it loads the models) on a loaded machine.
     run = asyncio.run(_drive(world, world.jobs(name, LIVE_REGIONS, seconds=world.seconds + 30), script))
-    result = _measure(world, name, run, healthy, answered_target=1 - KILL_FAILURE_BUDGET, check_p99=False)
+    result = _measure(world, name, run, lambda a: a.ok, answered_target=1 - KILL_FAILURE_BUDGET, check_p99=False)
     result.observed = True
     result.notes.append(f"killed {len(actors)} actor(s); failed {sum(not a.ok for a in run.answers)}")
-    return result
+    return result, run
 
 
 def drill_replica_killed(world: DrillWorld) -> DrillResult:
     """Every champion replica actor killed under load; Serve restarts it, the fallback answers meanwhile."""
-    return _kill_drill(world, "replica_killed", lambda n: "champion" in n and "REPLICA" in n.upper(), lambda a: a.ok and a.arm == "champion")
+    result, run = _kill_drill(world, "replica_killed", lambda n: "champion" in n and "REPLICA" in n.upper())
+    # Recovered once the restarted champion answers again (its breaker may still trip on a
+    # loaded machine afterwards; that is the deadline's doing, not the kill's).
+    back = [a.sent_s for a in run.answers if a.sent_s >= run.repair_s and a.arm == "champion"]
+    result.recovery_s = min(back) - run.repair_s if back else None
+    if not back:
+        result.problems.append("the champion never answered again")
+    return result
 
 
 def drill_controller_killed(world: DrillWorld) -> DrillResult:
     """The Serve controller actor killed under load; Ray restarts it, replicas keep serving."""
-    return _kill_drill(world, "controller_killed", lambda n: n == "SERVE_CONTROLLER_ACTOR", lambda a: a.ok)
+    return _kill_drill(world, "controller_killed", lambda n: n == "SERVE_CONTROLLER_ACTOR")[0]
 
 
 def _raising_challenger(settings: Settings) -> str:
