@@ -163,28 +163,39 @@ def down(settings: Settings, stop_ray: bool = True) -> None:
         _stop_serve_haproxy()
 
 
-def stop_head(grace_s: float = 10.0) -> int:
-    """Stop the Ray head ``start_ray`` launched, and only it; returns how many processes ended.
+def head_processes() -> list:
+    """Every process of the head ``start_ray`` launched (``psutil.Process``), none of other clusters.
 
-    ``ray stop`` would end every Ray process on the machine, other users' clusters included.
-    This cluster's daemons (GCS server, raylet, dashboard, monitors) name its session directory
-    on their command lines; its workers are the raylet's children (their titles are rewritten to
-    ``ray::...``, so they are found through the process tree). Each gets SIGTERM, and SIGKILL
-    after ``grace_s``, as ``ray stop --force`` does for its own processes.
+    Its daemons (GCS server, raylet, dashboard, monitors) name its session directory on their
+    command lines; its workers are the raylet's children (their titles are rewritten to
+    ``ray::...``, so they are found through the process tree).
     """
     import psutil
 
     session = _head_session_dir()
     if session is None:
-        return 0
-    doomed: dict[int, psutil.Process] = {}
+        return []
+    found: dict[int, psutil.Process] = {}
     for proc in psutil.process_iter(["cmdline"]):
         if any(session in arg for arg in proc.info.get("cmdline") or []):
-            doomed[proc.pid] = proc
+            found[proc.pid] = proc
             try:
-                doomed.update({child.pid: child for child in proc.children(recursive=True)})
+                found.update({child.pid: child for child in proc.children(recursive=True)})
             except psutil.NoSuchProcess:
                 pass
+    return list(found.values())
+
+
+def stop_head(grace_s: float = 10.0) -> int:
+    """Stop the Ray head ``start_ray`` launched, and only it; returns how many processes ended.
+
+    ``ray stop`` would end every Ray process on the machine, other users' clusters included.
+    Each of ``head_processes()`` gets SIGTERM, and SIGKILL after ``grace_s``, as ``ray stop
+    --force`` does for its own processes.
+    """
+    import psutil
+
+    doomed = {proc.pid: proc for proc in head_processes()}
     doomed.pop(os.getpid(), None)
     for proc in doomed.values():
         try:
