@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.drills import LIVE_REGIONS, _drive, drill_world  # noqa: E402
+from cluster.drills import LIVE_REGIONS, drill_world, drive  # noqa: E402
 from cluster.load import percentile_ms  # noqa: E402
 from cluster.serve import head_processes  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> int:
             async def nothing(at):
                 return 0.0, await at(args.window)
 
-            run = asyncio.run(_drive(world, world.jobs(f"soak{i}", LIVE_REGIONS), nothing))
+            run = asyncio.run(drive(world, world.jobs(f"soak{i}", LIVE_REGIONS), nothing))
             p99s.append(percentile_ms(run.answers))
             samples.append(sample())
             failed = sum(not a.ok for a in run.answers)

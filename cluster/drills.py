@@ -406,7 +406,7 @@ class Run:
     repair_s: float
 
 
-async def _drive(world: DrillWorld, jobs: list[Job], script: Callable[[Callable[[float], Awaitable[float]]], Awaitable[tuple[float, float]]]) -> Run:
+async def drive(world: DrillWorld, jobs: list[Job], script: Callable[[Callable[[float], Awaitable[float]]], Awaitable[tuple[float, float]]]) -> Run:
     """Run the load (in the load process) and, alongside it, ``script(at)``; ``at(t)`` sleeps
     until ``t`` s into the load and returns the time it woke."""
     started = time.monotonic() + 0.5  # the load process receives the jobs meanwhile
@@ -500,7 +500,7 @@ def drill_store_down(world: DrillWorld) -> DrillResult:
         await asyncio.to_thread(world.push_live)
         return fault, await at(15)
 
-    run = asyncio.run(_drive(world, world.jobs("store_down", LIVE_REGIONS), script))
+    run = asyncio.run(drive(world, world.jobs("store_down", LIVE_REGIONS), script))
     result = _measure(world, "store_down", run, _no("store_unavailable"))
     _require_seen(result, run, "store_unavailable")
     return result
@@ -516,7 +516,7 @@ def drill_store_slow(world: DrillWorld) -> DrillResult:
         world.proxy.delay_s = 0.0
         return fault, repair
 
-    run = asyncio.run(_drive(world, world.jobs("store_slow", LIVE_REGIONS, seconds=world.seconds + 12), script))
+    run = asyncio.run(drive(world, world.jobs("store_slow", LIVE_REGIONS, seconds=world.seconds + 12), script))
     result = _measure(world, "store_slow", run, _no("store_unavailable"))
     _require_seen(result, run, "store_unavailable")
     return result
@@ -552,7 +552,7 @@ def _feed_drill(world: DrillWorld, name: str, region: int, limit: timedelta, fla
         await asyncio.to_thread(world.push_live, [region], None, NEAR_REAL_TIME_GROUPS)  # the feed resumes
         return fault, await at(fault + 8)
 
-    run = asyncio.run(_drive(world, jobs, script))
+    run = asyncio.run(drive(world, jobs, script))
     result = _measure(world, name, run, lambda a: a.ok and (a.region_id != region or flag not in a.reasons))
     _require_seen(result, run, flag)
     return result, [a for a in run.answers if run.fault_s + 1 <= a.sent_s < run.repair_s]
@@ -617,7 +617,7 @@ def _kill_drill(world: DrillWorld, name: str, match: Callable[[str], bool]) -> t
         return fault, await at(5.5)
 
     # Long enough for Serve to restart a replica (it loads the models) on a loaded machine.
-    run = asyncio.run(_drive(world, world.jobs(name, LIVE_REGIONS, seconds=world.seconds + 30), script))
+    run = asyncio.run(drive(world, world.jobs(name, LIVE_REGIONS, seconds=world.seconds + 30), script))
     result = _measure(world, name, run, lambda a: a.ok, answered_target=1 - KILL_FAILURE_BUDGET, check_p99=False)
     result.observed = True
     result.notes.append(f"killed {len(actors)} actor(s); failed {sum(not a.ok for a in run.answers)}")
@@ -683,7 +683,7 @@ def drill_challenger_raising(world: DrillWorld) -> DrillResult:
         await asyncio.to_thread(world.set_traffic, challenger_weight=0.0, shadow=True)
         return fault, await at(24)
 
-    run = asyncio.run(_drive(world, world.jobs("challenger_raising", LIVE_REGIONS, seconds=world.seconds + 10), script))
+    run = asyncio.run(drive(world, world.jobs("challenger_raising", LIVE_REGIONS, seconds=world.seconds + 10), script))
     result = _measure(world, "challenger_raising", run, lambda a: a.ok and "challenger_model" not in a.components)
     after = world.metrics()
     key = "dispatchml_shadow_scores_total{outcome=error}"
@@ -724,7 +724,7 @@ def drill_corrupt_artifact(world: DrillWorld) -> DrillResult:
         await asyncio.to_thread(promote)
         return fault, world.seconds  # the corrupt version stays registered: the fault lasts to the end
 
-    run = asyncio.run(_drive(world, world.jobs("corrupt_artifact", LIVE_REGIONS), script))
+    run = asyncio.run(drive(world, world.jobs("corrupt_artifact", LIVE_REGIONS), script))
     result = _measure(world, "corrupt_artifact", run, lambda a: a.ok, expect_recovery=False)
     served = {dict(a.versions).get("dispatch") for a in run.answers if a.ok and a.arm == "champion"}
     result.observed = bool(refusals)
@@ -774,7 +774,7 @@ def drill_log_disk_full(world: DrillWorld) -> DrillResult:
         return fault, repair
 
     try:
-        run = asyncio.run(_drive(world, world.jobs("log_disk_full", LIVE_REGIONS), script))
+        run = asyncio.run(drive(world, world.jobs("log_disk_full", LIVE_REGIONS), script))
     finally:
         filler.unlink(missing_ok=True)
     deadline = time.monotonic() + 60
@@ -814,7 +814,7 @@ def drill_rollback_mid_load(world: DrillWorld) -> DrillResult:
         return fault, await at(18)
 
     rolled_from = registry.alias("dispatch", "challenger").version
-    run = asyncio.run(_drive(world, world.jobs("rollback_mid_load", LIVE_REGIONS), script))
+    run = asyncio.run(drive(world, world.jobs("rollback_mid_load", LIVE_REGIONS), script))
     result = _measure(world, "rollback_mid_load", run, lambda a: a.ok)
     challenger_versions = {dict(a.versions).get("dispatch") for a in run.answers if a.ok and a.arm == "challenger"}
     result.notes.append(f"admin answers {responses}, challenger versions served {len(challenger_versions)}")
