@@ -529,7 +529,8 @@ def _expiring_push(world: DrillWorld, region: int, limit: timedelta, lead_s: flo
     stamp = datetime.now(UTC).replace(microsecond=0) - limit + timedelta(seconds=lead_s)
     world.push_live([region], at=stamp, groups=NEAR_REAL_TIME_GROUPS)
     world.push_live([region], groups=BATCH_GROUPS)
-    _warm_up(world, [region], lambda a: not _feature_flagged(a))
+    # Ready once the cache has the values: no longer missing (an old stamp may already be stale).
+    _warm_up(world, [region], lambda a: "missing" not in a.reasons)
     return (stamp + limit).timestamp() + 1.0  # ages are whole seconds
 
 
