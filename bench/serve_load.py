@@ -19,28 +19,22 @@ full path to the echo measured in the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cluster.config import load_settings  # noqa: E402
-from contracts.features import group  # noqa: E402
-from contracts.warehouse import world_path  # noqa: E402
+from cluster.load import CANDIDATES, job_bodies, push_features  # noqa: E402
+from cluster.serve import connect  # noqa: E402
 
 DISPATCHML = str(Path(sys.executable).with_name("dispatchml"))
-CANDIDATES = 8
 
 WRK_SCRIPT = r"""
 -- Per-thread state is global so done() can read it through thread:get().
@@ -84,60 +78,6 @@ def _echo_app():
     return Echo.bind()
 
 
-def push_everything(settings) -> None:
-    from feast.data_source import PushMode
-
-    from cluster.feature_store import get_store
-
-    store = get_store(settings)
-    now = pd.Timestamp(datetime.now(UTC))
-    cells = pd.read_parquet(world_path(settings.paths.data, "cells"))
-    providers = pd.read_parquet(world_path(settings.paths.data, "providers"))
-    # Today's daily snapshot too: the simulated history ended months ago, past the batch TTL.
-    groups = (
-        ("cell_traffic", cells.cell_id), ("region_load", cells.region_id.unique()), ("provider_status", providers.provider_id),
-        ("cell_batch", cells.cell_id), ("region_batch", cells.region_id.unique()), ("provider_batch", providers.provider_id),
-    )
-    for name, keys in groups:
-        g = group(name)
-        frame = pd.DataFrame({g.join_key: np.asarray(keys), "event_timestamp": now, "created_timestamp": now})
-        for f in g.features:
-            frame[f] = 1.0
-        if name == "provider_status":
-            home = cells.set_index("cell_id").loc[providers.home_cell_id]
-            frame["provider_lat"], frame["provider_lon"] = home.center_lat.to_numpy(), home.center_lon.to_numpy()
-            frame["on_shift"], frame["queue_depth"] = 1.0, 0.0
-        if name == "cell_traffic":
-            frame["speed_kmh"], frame["traffic_index"] = 40.0, 1.3
-        if g.cadence == "batch":
-            store.write_to_online_store(name, frame)
-        else:
-            store.push(f"{name}_push", frame, to=PushMode.ONLINE)
-
-
-def job_bodies(settings, n: int, seed: int = 1) -> list[str]:
-    rng = np.random.default_rng(seed)
-    cells = pd.read_parquet(world_path(settings.paths.data, "cells"))
-    providers = pd.read_parquet(world_path(settings.paths.data, "providers"))
-    by_region = providers.groupby("region_id").provider_id.apply(np.asarray).to_dict()
-    busy = cells.sample(n=n, replace=True, weights=cells.demand_weight, random_state=seed)
-    bodies = []
-    for i, cell in enumerate(busy.itertuples()):
-        pool = by_region.get(cell.region_id, providers.provider_id.to_numpy())
-        chosen = rng.choice(pool, size=min(CANDIDATES, len(pool)), replace=False)
-        bodies.append(json.dumps({
-            "job_id": f"BENCH-{i:06d}",
-            "requested_at": datetime.now(UTC).isoformat(),
-            "line_of_business": ["auto_club", "insurer", "oem", "fleet"][i % 4],
-            "service_type": "tow",
-            "vehicle": {"vehicle_class": "car"},
-            "location": {"lat": cell.center_lat + rng.uniform(-0.01, 0.01), "lon": cell.center_lon + rng.uniform(-0.01, 0.01)},
-            "member": {"member_id": f"M{rng.integers(1e9):09d}"},
-            "candidates": [{"provider_id": int(p)} for p in chosen],
-        }))
-    return bodies
-
-
 def run_wrk(url: str, bodies_path: Path, script: Path, seconds: int, connections: int) -> dict[str, float]:
     done = subprocess.run(
         ["wrk", "-t", "2", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "5s", "-s", str(script), url, "--", str(bodies_path)],
@@ -171,18 +111,17 @@ def main() -> None:
     config = args.workdir / "dispatchml.yaml"
     env["DISPATCHML_CONFIG"] = str(config)
     settings = load_settings(config, environ=env)
-    push_everything(settings)
+    push_features(settings)
     subprocess.run([DISPATCHML, "serve", "up"], check=True, env=env, capture_output=True)
     try:
-        import ray
         from ray import serve
 
-        ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False)
+        connect()
         serve.run(_echo_app(), name="echo", route_prefix="/echo", blocking=False)
         time.sleep(6)  # the router's cache picks up the pushes within one 5 s refresh
         with tempfile.TemporaryDirectory() as tmp:
             bodies_path, script = Path(tmp) / "bodies.jsonl", Path(tmp) / "jobs.lua"
-            bodies_path.write_text("\n".join(job_bodies(settings, 2000)) + "\n")
+            bodies_path.write_text("\n".join(job.body for job in job_bodies(settings, 2000)) + "\n")
             script.write_text(WRK_SCRIPT)
             base = f"http://{settings.serving.host}:{settings.serving.port}"
             echo = run_wrk(base + "/echo", bodies_path, script, args.seconds, args.connections)

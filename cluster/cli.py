@@ -380,6 +380,23 @@ def serve_status() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+@command
+def drill(
+    name: Annotated[str, typer.Argument(help="A drill (store_down, store_slow, feed_stale, ...) or all.")],
+    workdir: Annotated[Path, typer.Option(help="Drill world (built on first use).")] = Path("var/drills"),
+    rate: Annotated[float, typer.Option(help="Requests per second, open loop.")] = 50.0,
+    seconds: Annotated[float, typer.Option(help="Load per drill, seconds.")] = 24.0,
+) -> None:
+    """Fault drills under steady load on loopback: one line per drill; exit 1 if any missed its targets."""
+    from cluster.drills import TABLE_COLUMNS, run_drills
+
+    results = run_drills(name.split(","), workdir, rate, seconds, report=lambda r: console.print(r.line(), highlight=False, soft_wrap=True))
+    print_table("drills", list(TABLE_COLUMNS), [r.table_row() for r in results])
+    if not all(r.passed for r in results):
+        raise typer.Exit(1)
+
+
 @alerts_app.command("render")
 @command
 def alerts_render(

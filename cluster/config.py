@@ -87,6 +87,9 @@ class ServingSettings(_Section):
     ha_proxy: bool = True
     #: Dollars per CPU-second, for the cost-per-1,000-predictions metric.
     price_per_cpu_second: float = 0.0000135
+    #: Prediction-log rows a router replica holds while the log disk refuses writes; past it,
+    #: new requests' rows are refused whole and counted (``prediction_log_rows_dropped``).
+    log_max_backlog_rows: int = 200_000
 
 
 class ServiceSlo(_Section):

@@ -240,7 +240,8 @@ class DispatchRouter:
         replica = replica_tag or serve.get_replica_context().replica_tag
         # Flush every 2 s: at most that much is at risk if a replica is killed without warning.
         self.log = PredictionLogWriter(
-            Path(paths.root) / "prediction_log", replica_id=str(replica).replace("/", "_").replace("#", "_"), flush_seconds=2.0
+            Path(paths.root) / "prediction_log", replica_id=str(replica).replace("/", "_").replace("#", "_"), flush_seconds=2.0,
+            max_backlog_rows=self.settings.serving.log_max_backlog_rows, flush_rows=min(20_000, self.settings.serving.log_max_backlog_rows),
         )
         self.registry = ModelRegistry(paths.registry)
         self.handles = {"champion": champion, "challenger": challenger}

@@ -18,6 +18,8 @@ import httpx
 import pytest
 from test_serving import ADMIN_TOKEN, PSEUDONYM_KEYS, App, _cli, _free_port, _push_live_features, build_demo_world, live_cell
 
+from cluster.serve import connect
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REDIS_SERVER = Path("/usr/bin/redis-server")
@@ -126,7 +128,7 @@ def test_champion_replica_killed_every_request_still_answered(redis_app: tuple[A
     import ray
 
     app, _ = redis_app
-    ray.init(address="auto", ignore_reinit_error=True, log_to_driver=False)
+    connect()
     try:
         names = [a for a in ray.util.list_named_actors(all_namespaces=True) if "champion" in a["name"] and "REPLICA" in a["name"].upper()]
         assert names, "no champion replica actor found"
