@@ -150,8 +150,11 @@ class MonitorSettings(_Section):
     max_volume_ratio: float = 3.0
     #: Feature and prediction drift per region (ticket): PSI above both this and
     #: ``psi_bias_multiple`` x its no-drift expectation, chi-square BH q-value below ``drift_fdr``.
-    drift_windows: list[str] = Field(default_factory=lambda: ["6h", "1d"])
-    psi_threshold: float = 0.5
+    drift_windows: list[str] = Field(default_factory=lambda: ["1d"])
+    #: Groups whose drift raises events: the pushed ones. Batch groups are recomputed daily from
+    #: history and move with it; their per-cell drift is the drift scan's job.
+    drift_groups: list[str] = Field(default_factory=lambda: ["cell_traffic", "provider_status", "region_load"])
+    psi_threshold: float = 1.0
     psi_bias_multiple: float = 4.0
     drift_fdr: float = 0.01
     min_drift_rows: int = 100

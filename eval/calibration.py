@@ -74,12 +74,18 @@ def expected_calibration_error(y_true: np.ndarray, p: np.ndarray, n_bins: int = 
     predictions are sparse, which is why the reliability table is reported next to it.
     """
     table = reliability_table(y_true, p, n_bins)
-    n = table.count.sum()
+    return ece_from_counts(table.count, table.mean_predicted * table.count, table.fraction_positive * table.count)
+
+
+def ece_from_counts(count: np.ndarray, sum_p: np.ndarray, sum_y: np.ndarray) -> float:
+    """ECE from per-bin sums (rows, Σp, Σy), the form a monitor accumulates over time bins."""
+    count = np.asarray(count, dtype=np.float64)
+    n = count.sum()
     if n == 0:
         return float("nan")
-    filled = table.count > 0
-    gaps = np.abs(table.fraction_positive[filled] - table.mean_predicted[filled])
-    return float(np.sum(table.count[filled] / n * gaps))
+    filled = count > 0
+    gaps = np.abs(np.asarray(sum_y, np.float64)[filled] - np.asarray(sum_p, np.float64)[filled]) / count[filled]
+    return float(np.sum(count[filled] / n * gaps))
 
 
 def brier_score(y_true: np.ndarray, p: np.ndarray) -> float:
