@@ -154,13 +154,14 @@ class MonitorSettings(_Section):
     #: Groups whose drift raises events: the pushed ones. Batch groups are recomputed daily from
     #: history and move with it; their per-cell drift is the drift scan's job.
     drift_groups: list[str] = Field(default_factory=lambda: ["cell_traffic", "provider_status", "region_load"])
-    psi_threshold: float = 1.0
+    psi_threshold: float = 3.0
     psi_bias_multiple: float = 4.0
     drift_fdr: float = 0.01
     min_drift_rows: int = 100
-    #: Concept drift: Page-Hinkley and ADWIN on matured ETA residuals (minutes) per region.
-    page_hinkley_threshold: float = 150.0
-    page_hinkley_delta: float = 5.0
+    #: Concept drift per region: Page-Hinkley on the matured "arrived after the interval" indicator
+    #: (scale-free: ~0.1 for an 80 % interval whatever the region's spread), ADWIN on the residuals.
+    page_hinkley_threshold: float = 5.0
+    page_hinkley_delta: float = 0.05
     page_hinkley_min_instances: int = 20
     adwin_delta: float = 0.0005
     #: Labels: completeness the watermark waits for, and the longest wait (hours).

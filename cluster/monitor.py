@@ -398,7 +398,8 @@ def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> dic
             residual = np.where(labelled, arrival - ready["eta_minutes"].to_numpy(), 0.0)
             out["residual_sum"] = residual
             out["abs_error_sum"] = np.abs(residual)
-            _feed_detectors(state, settings, ready[labelled], residual[labelled])
+            late = (arrival > ready["eta_high"].to_numpy()).astype(float)
+            _feed_detectors(state, settings, ready[labelled], late[labelled], residual[labelled])
             _fit_estimator(state, settings, ready[labelled], watermark)
         else:
             accepted = ready[kind].to_numpy()
@@ -423,7 +424,8 @@ def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> dic
     return watermarks
 
 
-def _feed_detectors(state: MonitorState, settings: MonitorSettings, rows: pd.DataFrame, residual: np.ndarray) -> None:
+def _feed_detectors(state: MonitorState, settings: MonitorSettings, rows: pd.DataFrame, late: np.ndarray, residual: np.ndarray) -> None:
+    """Page-Hinkley (mode up) on the late indicator and ADWIN on residuals, per region, in request order."""
     regions = rows["region_id"].to_numpy()
     times = rows["requested_s"].to_numpy()
     for region in np.unique(regions):
@@ -439,7 +441,7 @@ def _feed_detectors(state: MonitorState, settings: MonitorSettings, rows: pd.Dat
             ),
         )
         adwin = state.adwin.setdefault(region, ADWIN(delta=settings.adwin_delta))
-        found = ph.update_many(residual[mask])
+        found = ph.update_many(late[mask])
         if found.size:
             state.last_concept_detection[region] = float(times[mask][found[-1]])
             state.detections[(region, "page_hinkley")] = state.detections.get((region, "page_hinkley"), 0) + int(found.size)
@@ -637,7 +639,7 @@ def _outcome_findings(state: MonitorState, settings: MonitorSettings, watermarks
             window = _window(by_region, watermark, 86_400)
             residual = float(window.loc[region, "residual_sum"] / window.loc[region, "eta_n"]) if region in window.index and window.loc[region, "eta_n"] else float("nan")
             finding = Finding("concept_drift", "ticket", "page_hinkley", "eta", _region(region),
-                              f"ETA residuals rose in region {region} (Page-Hinkley on matured arrivals)",
+                              f"arrivals after the ETA interval rose in region {region} (Page-Hinkley on matured labels)",
                               {"residual_mean_1d_min": residual, "detections": state.detections.get((region, "page_hinkley"), 0),
                                "detected_at_prediction_time": None if last is None else datetime.fromtimestamp(last, UTC).isoformat()})
             evaluated.add(finding.key())

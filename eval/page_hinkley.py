@@ -3,15 +3,18 @@
 E. S. Page, "Continuous inspection schemes", Biometrika 41(1/2), 1954, pp. 100-115; in the form
 river implements (``river.drift.PageHinkley``, Gama et al., "A survey on concept drift
 adaptation", ACM CSUR 2014, section 3.2). For each value ``x_t``, with ``x̄_t`` the running mean
-of the values since the last reset::
+of the values since the last reset, the two one-sided cumulative statistics are::
 
-    U_t = alpha * U_{t-1} + (x_t - x̄_t) - delta        (cumulative increase)
-    L_t = alpha * L_{t-1} + (x_t - x̄_t) + delta        (cumulative decrease)
+    G_t = max(0, alpha * G_{t-1} + (x_t - x̄_t - delta))      (the mean went up)
+    H_t = max(0, alpha * H_{t-1} + (x̄_t - x_t - delta))      (the mean went down)
 
-A change is signalled, once at least ``min_instances`` values have been seen, when
-``U_t - min_{s<=t} U_s > threshold`` (the mean went *up*) or ``max_{s<=t} L_s - L_t > threshold``
-(the mean went *down*), according to ``mode``. After a signal the detector resets (the next
-value starts a fresh mean), as river's does.
+With ``alpha = 1``, ``G_t`` equals ``U_t - min_{s<=t} U_s`` for the cumulative sum
+``U_t = Σ (x_s - x̄_s - delta)`` (Page's statistic; river's ``PageHinkley`` writes it that way).
+The clamped form is what lets the forgetting factor ``alpha < 1`` discount old evidence: applied
+to the unclamped ``U_t`` instead, it turns ``U`` into an AR(1) process whose excursions below its
+own minimum cross any threshold on a long stationary stream. A change is signalled, once at least
+``min_instances`` values have been seen, when ``G_t > threshold`` or ``H_t > threshold``
+according to ``mode``. After a signal the detector resets (the next value starts a fresh mean).
 
 Parameters (river's defaults):
 
@@ -57,16 +60,14 @@ class PageHinkley:
         self.mean_ = 0.0
         self.sum_increase_ = 0.0
         self.sum_decrease_ = 0.0
-        self.min_increase_ = float("inf")
-        self.max_decrease_ = float("-inf")
 
     @property
     def statistic_(self) -> float:
         """The larger of the two test statistics now (compare with ``threshold``)."""
         self._ensure_state()
-        up = self.sum_increase_ - self.min_increase_ if self.mode != "down" else float("-inf")
-        down = self.max_decrease_ - self.sum_decrease_ if self.mode != "up" else float("-inf")
-        return max(up, down, 0.0)
+        up = self.sum_increase_ if self.mode != "down" else 0.0
+        down = self.sum_decrease_ if self.mode != "up" else 0.0
+        return max(up, down)
 
     def _ensure_state(self) -> None:
         if not hasattr(self, "n_"):
@@ -86,14 +87,12 @@ class PageHinkley:
         self.n_ += 1
         self.mean_ += (x - self.mean_) / self.n_
         deviation = x - self.mean_
-        self.sum_increase_ = self.alpha * self.sum_increase_ + deviation - self.delta
-        self.sum_decrease_ = self.alpha * self.sum_decrease_ + deviation + self.delta
-        self.min_increase_ = min(self.min_increase_, self.sum_increase_)
-        self.max_decrease_ = max(self.max_decrease_, self.sum_decrease_)
+        self.sum_increase_ = max(0.0, self.alpha * self.sum_increase_ + deviation - self.delta)
+        self.sum_decrease_ = max(0.0, self.alpha * self.sum_decrease_ - deviation - self.delta)
         if self.n_ < self.min_instances:
             return False
-        up = self.mode != "down" and self.sum_increase_ - self.min_increase_ > self.threshold
-        down = self.mode != "up" and self.max_decrease_ - self.sum_decrease_ > self.threshold
+        up = self.mode != "down" and self.sum_increase_ > self.threshold
+        down = self.mode != "up" and self.sum_decrease_ > self.threshold
         if up or down:
             self.detections_ += 1
             self._reset()
