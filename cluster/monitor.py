@@ -47,7 +47,7 @@ import os
 import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -276,7 +276,7 @@ def _histogram(edges: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _ingest_log(state: MonitorState, settings: MonitorSettings, log_root: Path, until: float) -> int:
     read = 0
     rng = np.random.default_rng(settings.seed)
-    for name, table in _new_slices(log_root, state.log_cursor, "requested_at", until):
+    for _, table in _new_slices(log_root, state.log_cursor, "requested_at", until):
         for group in FEATURE_GROUPS:
             columns = (status_column(group.name), age_column(group.name), *(feature_column(f"{group.name}__{f}") for f in group.features))
             violations = schema_violations(table.schema, PREDICTION_LOG, columns)
@@ -371,12 +371,16 @@ def _watermark(predictions: pd.DataFrame, kind: str, as_of: float, settings: Mon
     return None if not np.isfinite(waited) else as_of - waited
 
 
-def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> dict[str, float | None]:
-    """Fold the outcomes of predictions that passed each label kind's watermark; feed the detectors."""
+def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> tuple[dict[str, float | None], dict[str, pd.DataFrame]]:
+    """Fold the outcomes of predictions that passed each label kind's watermark; feed the detectors.
+
+    Returns each kind's watermark and the rows matured in this pass (for the business counters).
+    """
     watermarks: dict[str, float | None] = {}
+    matured: dict[str, pd.DataFrame] = {}
     predictions = state.predictions
     if predictions is None or predictions.empty:
-        return dict.fromkeys(LABEL_KINDS)
+        return dict.fromkeys(LABEL_KINDS), matured
     for kind in LABEL_KINDS:
         watermark = _watermark(predictions, kind, as_of, settings)
         watermarks[kind] = watermark
@@ -388,6 +392,7 @@ def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> dic
         if ready.empty:
             continue
         ready = ready.sort_values(["requested_s", "job_id", "provider_id"], kind="stable")
+        matured[kind] = ready
         out = ready[["requested_s", *SEGMENTS]].copy()
         out["bin"] = _bins(ready["requested_s"].to_numpy(), settings.bin_seconds)
         if kind == "arrival_minutes":
@@ -421,7 +426,23 @@ def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> dic
     done = min(state.folded_until.get(k, float("-inf")) for k in LABEL_KINDS)
     keep = (predictions["requested_s"] > as_of - horizon) | (predictions["requested_s"] > done)
     state.predictions = predictions[keep].reset_index(drop=True)
-    return watermarks
+    return watermarks, matured
+
+
+def _business(matured: dict[str, pd.DataFrame], metrics: dict) -> None:
+    """KPI counters from newly matured rows: member wait and completed jobs, offers by outcome."""
+    arrived = matured.get("arrival_minutes")
+    if arrived is not None:
+        arrived = arrived[arrived["arrival_minutes"].notna()]
+        for (region, lob), rows in arrived.groupby(["region_id", "line_of_business"]):
+            for wait_min in rows["arrival_minutes"].to_numpy():
+                metrics["member_wait_seconds"].labels(str(region), lob).observe(60.0 * wait_min)
+            metrics["jobs_completed"].labels(str(region), lob).inc(len(rows))
+    offered = matured.get("accepted")
+    if offered is not None:
+        offered = offered[offered["accepted"].notna()]
+        for (region, accepted), rows in offered.groupby(["region_id", "accepted"]):
+            metrics["offers"].labels(str(region), "accepted" if accepted == 1 else "declined").inc(len(rows))
 
 
 def _feed_detectors(state: MonitorState, settings: MonitorSettings, rows: pd.DataFrame, late: np.ndarray, residual: np.ndarray) -> None:
@@ -564,7 +585,7 @@ def _drift_findings(state: MonitorState, settings: MonitorSettings, as_of: float
     qvalues = bh_qvalues(np.concatenate([t[4] for t in tests]))
     out: dict[str, Finding] = {}
     offset = 0
-    for name, region, psi, bias, pvalue, n_cur in tests:
+    for name, region, psi, bias, _, n_cur in tests:
         q = qvalues[offset : offset + psi.size]
         offset += psi.size
         for j, column in enumerate(DRIFT_COLUMNS):
@@ -776,7 +797,8 @@ class Monitor:
         violations_before = dict(state.schema_violations)
         rows = _ingest_log(state, settings, self.log_root, until)
         labels = _ingest_labels(state, Path(self.settings.paths.data), until)
-        watermarks = _mature(state, settings, until)
+        watermarks, matured = _mature(state, settings, until)
+        _business(matured, self.metrics)
         schema_now = {g: state.schema_violations.get(g, 0) - violations_before.get(g, 0) for g in GROUP_COLUMNS}
         evaluated: set[str] = set()
         findings = _quality_findings(state, settings, until, evaluated, schema_now)

@@ -12,10 +12,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
+from typer.testing import CliRunner
 
+from cluster.cli import app
 from cluster.event_log import EventLog
 from cluster.monitor import Monitor
 from contracts.events import Event
+from contracts.monitor_metrics import monitor_series_names
 from tests.integration.label_world import DRIFT_REGION, INCIDENT_DAY, UNIT_REGION, LabelWorld, build_label_world
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,9 +37,8 @@ def _replay(world: LabelWorld) -> tuple[Monitor, list[Event]]:
 
 
 @pytest.fixture(scope="module")
-def incident(tmp_path_factory: pytest.TempPathFactory) -> tuple[LabelWorld, Monitor, list[Event]]:
-    world = build_label_world(tmp_path_factory.mktemp("monitor-incidents"))
-    return (world, *_replay(world))
+def incident(label_world: LabelWorld) -> tuple[LabelWorld, Monitor, list[Event]]:
+    return (label_world, *_replay(label_world))
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +82,26 @@ def test_control_world_never_pages(control) -> None:
     print(f"control: {len(pages) / days:.2f} pages per simulated day over {days:.0f} days")
 
 
+def test_monitor_exports_the_contracted_series(incident) -> None:
+    _, monitor, _ = incident
+    exposed = {s.name for family in monitor.registry.collect() for s in family.samples if s.value == s.value}
+    assert {n for n in exposed if not n.endswith("_created")} <= monitor_series_names()
+    for name in ("feature_drift_psi", "feature_null_ratio", "eta_interval_hit_ratio", "quality_burn_rate", "label_watermark_lag_seconds",
+                 "matured_eta_mae_seconds", "estimated_eta_mae_seconds", "calibration_ece_ratio", "freshness_seconds",
+                 "member_wait_seconds_bucket", "offers_total", "jobs_completed_total"):
+        assert f"dispatchml_monitor_{name}" in exposed, name
+    text = generate_latest(monitor.registry).decode()
+    assert f'dispatchml_monitor_concept_drift_detections_total{{detector="page_hinkley",model="eta",region="{DRIFT_REGION}"}}' in text
+
+
 def test_a_second_pass_over_the_same_data_writes_nothing(incident, tmp_path: Path) -> None:
     world, monitor, events = incident
     again = monitor.run_pass(world.end)
     assert again.rows_read == 0 and again.written == 0
+    done = CliRunner().invoke(app, ["--config", str(world.config_path), "monitor", "run", "--once", "--until", world.end.isoformat()])
+    assert done.exit_code == 0, done.output
+    assert "0 log rows" in done.output and "0 new events" in done.output
+    assert len(EventLog(world.settings.paths.events).events()) == len(events)
     # A fresh monitor (no state, its own event log) over the same data decides the same events, ids included.
     paths = world.settings.paths.model_copy(update={"events": tmp_path / "events", "reports": tmp_path / "reports"})
     fresh = LabelWorld(world.settings.model_copy(update={"paths": paths}), world.sim_start, world.replay_start, world.end, world.log_root, world.logged_rows)
