@@ -851,18 +851,26 @@ def run_until(settings: Settings, until: datetime | None, interval_s: float, onc
         sleep(interval_s)
 
 
-def serve_metrics(monitor: Monitor) -> None:
-    """Expose the monitor's registry on ``monitor.metrics_host:metrics_port`` (loopback by default)."""
+def serve_metrics(monitor: Monitor):
+    """Expose the monitor's registry on ``monitor.metrics_host:metrics_port`` (loopback by default).
+
+    Returns the HTTP server (``server_port`` is the bound port; ``metrics_port: 0`` picks a free one).
+    """
     from prometheus_client import start_http_server
 
-    start_http_server(monitor.settings.monitor.metrics_port, addr=monitor.settings.monitor.metrics_host, registry=monitor.registry)
+    server, _ = start_http_server(monitor.settings.monitor.metrics_port, addr=monitor.settings.monitor.metrics_host, registry=monitor.registry)
+    return server
 
 
-def monitor_actor(settings: Settings):
-    """A detached-able Ray actor running the monitor service (``ray.remote`` over :class:`MonitorService`)."""
+def monitor_actor(settings: Settings, **actor_options):
+    """The long-running service as a Ray actor (:class:`MonitorService` under ``ray.remote``).
+
+    ``actor_options`` go to ``.options()`` (e.g. ``name="monitor", lifetime="detached"``).
+    Drive it with ``actor.run_pass.remote()`` from a scheduler, or ``actor.run_forever.remote(60)``.
+    """
     import ray
 
-    return ray.remote(num_cpus=0.5)(MonitorService).remote(settings)
+    return ray.remote(num_cpus=0.5)(MonitorService).options(**actor_options).remote(settings)
 
 
 class MonitorService:
@@ -870,7 +878,11 @@ class MonitorService:
 
     def __init__(self, settings: Settings) -> None:
         self.monitor = Monitor(settings)
-        serve_metrics(self.monitor)
+        self.metrics_server = serve_metrics(self.monitor)
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.metrics_server.server_port)
 
     def run_pass(self, as_of: datetime | None = None) -> dict:
         result = self.monitor.run_pass(as_of)
@@ -882,3 +894,7 @@ class MonitorService:
         while True:
             self.run_pass()
             time.sleep(interval_s)
+
+    def close(self) -> None:
+        self.metrics_server.shutdown()
+        self.metrics_server.server_close()
