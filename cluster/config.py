@@ -175,6 +175,11 @@ class MonitorSettings(_Section):
     max_ece: float = 0.15
     min_calibration_rows: int = 200
     calibration_window: str = "1d"
+    #: Training-serving skew (``eval.skew``) of the served features vs the warehouse, per region,
+    #: over the last ``skew_window_hours`` every ``skew_every_hours`` of data (0 = off). A served
+    #: feature that differs from what training sees (a unit bug in a push feed) pages as data quality.
+    skew_every_hours: int = 6
+    skew_window_hours: int = 6
     #: Prometheus exposition of the monitor's gauges (loopback).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9108

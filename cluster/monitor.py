@@ -19,9 +19,13 @@ One pass (:func:`run_pass`) at data time ``as_of``:
    rank accepted, reliability bins of ``p_accept``, member wait; and its ETA residual is fed, in
    request order, to Page-Hinkley and ADWIN per region (``eval.page_hinkley``, ``eval.adwin``).
 4. **Checks** (thresholds in ``Settings.monitor``): data quality (nulls, ranges, freshness with
-   near-real-time and batch groups apart, volume vs a week earlier, schema) pages; feature and
+   near-real-time and batch groups apart, volume vs a week earlier, schema) pages, and so does
+   training-serving skew per region (``eval.skew``, every ``skew_every_hours`` of data: the served
+   features vs Feast's recomputation from the warehouse, which is where a unit bug in a push
+   feed shows, as its factor); feature and
    prediction drift per region vs the reference (``eval.drift``: PSI over frozen bins, χ²,
-   Benjamini-Hochberg) tickets; concept drift (Page-Hinkley on matured residuals per region) and
+   Benjamini-Hochberg) tickets; concept drift (Page-Hinkley per region on the matured share of arrivals after the
+   promised interval) and
    the model-quality SLOs (ETA interval hit ratio, top-ranked provider accepted) evaluated with
    ``eval.burn_rate.alert_levels`` on the matured 5-minute counts page or ticket by tier;
    calibration (ECE per region) tickets. Label-free estimates (``eval.estimation``) and business
@@ -80,6 +84,8 @@ from eval.drift import PSI_BINS, bh_qvalues, chi2_pvalue_from_counts, psi_from_c
 from eval.estimation import IntervalLossEstimator
 from eval.labels import completeness_age_s
 from eval.page_hinkley import PageHinkley
+from eval.skew import DEFAULT_MIN_ROWS as DEFAULT_SKEW_MIN_ROWS
+from eval.skew import skew_scan
 
 SEGMENTS: tuple[str, ...] = ("region_id", "provider_cohort", "line_of_business", "hour_of_day")
 #: Drift columns: every model feature, then the two predictions (their model in ``PREDICTIONS``).
@@ -127,6 +133,7 @@ class MonitorState:
     adwin: dict[int, ADWIN] = field(default_factory=dict)
     last_concept_detection: dict[int, float] = field(default_factory=dict)
     detections: dict[tuple[int, str], int] = field(default_factory=dict)
+    skew_checked_until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -686,6 +693,35 @@ def _outcome_findings(state: MonitorState, settings: MonitorSettings, watermarks
     return out
 
 
+def _skew_findings(state: MonitorState, settings: Settings, log_root: Path, as_of: float, evaluated: set[str]) -> list[Finding]:
+    """Training-serving skew per region over each complete ``skew_window_hours`` window ending at a
+    multiple of ``skew_every_hours`` since the last check; findings of the latest window."""
+    every = settings.monitor.skew_every_hours * 3600
+    if not every or state.log_start is None:
+        return []
+    window = settings.monitor.skew_window_hours * 3600
+    last_end = int(as_of // every * every)
+    first_end = int(state.skew_checked_until + every) if state.skew_checked_until is not None else last_end
+    out: list[Finding] = []
+    for end in range(max(first_end, int(state.log_start // every * every) + every), last_end + 1, every):
+        start, stop = datetime.fromtimestamp(end - window, UTC), datetime.fromtimestamp(end, UTC)
+        state.skew_checked_until = end
+        try:
+            report = skew_scan(settings, log_root, start, stop)
+        except ValueError:  # no served rows in the window: nothing to compare, nothing cleared
+            continue
+        out = []
+        for row in report[report["n"] >= DEFAULT_SKEW_MIN_ROWS].itertuples(index=False):
+            finding = Finding("data_quality", "page", "skew", row.feature, _region(row.region_id),
+                              f"served {row.feature} differs from the warehouse in region {row.region_id} (mismatch rate {row.mismatch_rate:.2f})",
+                              {"mismatch_rate": float(row.mismatch_rate), "mismatch_ratio": float(row.mismatch_ratio), "served_to_offline": float(row.served_to_offline),
+                               "rows": int(row.n), "window_end": stop.isoformat()})
+            evaluated.add(finding.key())
+            if row.skewed:
+                out.append(finding)
+    return out
+
+
 # -- metrics -----------------------------------------------------------------------------------
 
 
@@ -767,7 +803,7 @@ def _events(findings: list[Finding], evaluated: set[str], log: EventLog, as_of: 
     return out
 
 
-_SOURCES = frozenset({"null_ratio", "out_of_range", "volume", "schema", "psi_chi2", "eta_interval_slo", "top_rank_accepted_slo", "page_hinkley", "ece"})
+_SOURCES = frozenset({"skew", "null_ratio", "out_of_range", "volume", "schema", "psi_chi2", "eta_interval_slo", "top_rank_accepted_slo", "page_hinkley", "ece"})
 
 
 @dataclass
@@ -804,6 +840,7 @@ class Monitor:
         findings = _quality_findings(state, settings, until, evaluated, schema_now)
         findings += _drift_findings(state, settings, until, evaluated, self.metrics)
         findings += _outcome_findings(state, settings, watermarks, evaluated, self.metrics)
+        findings += _skew_findings(state, self.settings, self.log_root, until, evaluated)
         _export(state, settings, until, watermarks, self.metrics)
         _prune(state, settings, until)
         state.as_of = until
