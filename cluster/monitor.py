@@ -429,7 +429,9 @@ def _mature(state: MonitorState, settings: MonitorSettings, as_of: float) -> tup
                 out[f"ece_p_{k}"] = np.where(in_bin, p, 0.0)
                 out[f"ece_y_{k}"] = np.where(in_bin, accepted, 0.0)
         _fold(state.outcomes, out, [c for c in out.columns if c not in ("bin", "requested_s", *SEGMENTS)])
-    horizon = settings.label_horizon_hours * 3600.0 + settings.bin_seconds
+    # Rows stay a day past the label horizon: the watermark is estimated from the delays of rows
+    # whose whole horizon was observed, and a thin band of them would make it jump between passes.
+    horizon = settings.label_horizon_hours * 3600.0 + 86_400
     done = min(state.folded_until.get(k, float("-inf")) for k in LABEL_KINDS)
     keep = (predictions["requested_s"] > as_of - horizon) | (predictions["requested_s"] > done)
     state.predictions = predictions[keep].reset_index(drop=True)
