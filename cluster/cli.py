@@ -560,6 +560,24 @@ def policy_apply(
     print_table(f"{len(records)} decision(s)", ["action", "status", "reason"], [[r.action, r.status, escape(r.reason)] for r in records])
 
 
+monitor_app = typer.Typer(no_args_is_help=True, help="The model-quality monitor: incremental passes over the prediction log and labels.")
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("run")
+@command
+def monitor_run(
+    once: Annotated[bool, typer.Option(help="Process what is new and exit.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between passes.")] = 60.0,
+    until: Annotated[str | None, typer.Option(help="Read data up to this UTC time and stop after reaching it (replays).")] = None,
+) -> None:
+    """Run monitor passes; each writes new events to the event log and prints a one-line summary."""
+    from cluster.monitor import run_until
+
+    for result in run_until(_settings(), _utc_datetime(until), interval, once):
+        console.print(f"{result.as_of.isoformat()}: {result.rows_read} log rows, {result.labels_read} labels, {result.written} new events; report {result.report}")
+
+
 def print_json(payload: Any) -> None:
     console.print_json(json.dumps(payload, default=str))
 

@@ -122,6 +122,72 @@ class SloSettings(_Section):
     )
 
 
+class MonitorSettings(_Section):
+    """The model-quality monitor (``cluster/monitor.py``): windows, reference and check thresholds.
+
+    Counts are folded into ``bin_seconds`` bins per segment; drift histograms into
+    ``drift_bin_seconds`` bins per region. Every threshold a check fires on is here.
+    """
+
+    bin_seconds: int = 300
+    drift_bin_seconds: int = 3600
+    #: Windows the checks and gauges are evaluated on (seconds); 5 min to 30 days.
+    windows: dict[str, int] = Field(
+        default_factory=lambda: {"5m": 300, "1h": 3600, "6h": 21600, "1d": 86400, "7d": 604800, "30d": 2592000}
+    )
+    #: Sums older than this are dropped from the monitor's state.
+    retention_days: int = 35
+    #: The drift reference: the first ``reference_hours`` of the log, sampled to at most ``reference_rows``.
+    reference_hours: int = 24
+    reference_rows: int = 50_000
+    seed: int = 7
+    #: Data quality: windows and thresholds (ratios of values; page severity).
+    quality_windows: list[str] = Field(default_factory=lambda: ["1h", "6h"])
+    min_quality_values: int = 200
+    max_null_ratio: float = 0.05
+    max_out_of_range_ratio: float = 0.02
+    max_stale_share_near_real_time: float = 0.2
+    max_stale_share_batch: float = 0.2
+    #: Volume ratio vs the same window a week earlier must stay within [min, max].
+    min_volume_ratio: float = 0.3
+    max_volume_ratio: float = 3.0
+    #: Feature and prediction drift per region (ticket): PSI above both this and
+    #: ``psi_bias_multiple`` x its no-drift expectation, chi-square BH q-value below ``drift_fdr``.
+    drift_windows: list[str] = Field(default_factory=lambda: ["1d"])
+    #: Groups whose drift raises events: the pushed ones. Batch groups are recomputed daily from
+    #: history and move with it; their per-cell drift is the drift scan's job.
+    drift_groups: list[str] = Field(default_factory=lambda: ["cell_traffic", "provider_status", "region_load"])
+    psi_threshold: float = 3.0
+    psi_bias_multiple: float = 4.0
+    drift_fdr: float = 0.01
+    min_drift_rows: int = 100
+    #: Concept drift per region: Page-Hinkley on the matured "arrived after the interval" indicator
+    #: (scale-free: ~0.1 for an 80 % interval whatever the region's spread), ADWIN on the residuals.
+    page_hinkley_threshold: float = 5.0
+    page_hinkley_delta: float = 0.05
+    page_hinkley_min_instances: int = 20
+    adwin_delta: float = 0.0005
+    #: Labels: completeness the watermark waits for, and the longest wait (hours).
+    label_completeness: float = 0.95
+    label_horizon_hours: int = 12
+    #: Model-quality SLOs (objectives over 30 days), evaluated with eval.burn_rate on matured labels.
+    eta_interval_objective: float = 0.6
+    top_rank_accepted_objective: float = 0.3
+    min_slo_events: int = 20
+    #: Calibration of p_accept per region (ticket): ECE above this on at least ``min_calibration_rows``.
+    max_ece: float = 0.15
+    min_calibration_rows: int = 200
+    calibration_window: str = "1d"
+    #: Training-serving skew (``eval.skew``) of the served features vs the warehouse, per region,
+    #: over the last ``skew_window_hours`` every ``skew_every_hours`` of data (0 = off). A served
+    #: feature that differs from what training sees (a unit bug in a push feed) pages as data quality.
+    skew_every_hours: int = 6
+    skew_window_hours: int = 6
+    #: Prometheus exposition of the monitor's gauges (loopback).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+
+
 class Settings(_Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     world: WorldSettings = Field(default_factory=WorldSettings)
@@ -130,6 +196,7 @@ class Settings(_Section):
     train: TrainSettings = Field(default_factory=TrainSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

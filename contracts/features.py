@@ -213,3 +213,55 @@ def model_features() -> tuple[str, ...]:
     """
     stored = tuple(f"{g.name}__{f}" for g in FEATURE_GROUPS for f in g.features)
     return stored + REQUEST_FEATURES
+
+
+#: Stated valid ranges ``[low, high]`` of the stored features, the contract the data-quality
+#: monitor (``eval.data_quality``) checks upstream values against. A value outside is a unit,
+#: sign or scaling bug upstream, not a rare event: the bounds are physical or definitional
+#: (a rate is in [0, 1], a count is >= 0), with room for the extremes the world can produce.
+#: Explicit entries win; otherwise the first matching name rule applies.
+FEATURE_RANGES: dict[str, tuple[float, float]] = {
+    "cell_traffic__traffic_index": (0.5, 10.0),
+    "cell_traffic__traffic_index_lag_15m": (0.5, 10.0),
+    "cell_traffic__traffic_index_lag_60m": (0.5, 10.0),
+    "cell_traffic__traffic_index_mean_60m": (0.5, 10.0),
+    "cell_traffic__speed_kmh": (3.0, 160.0),
+    "cell_traffic__incident_count": (0.0, 100.0),
+    "cell_traffic__congestion_level": (0.0, 4.0),
+    "cell_traffic__road_closures": (0.0, 100.0),
+    "cell_traffic__precip_mm_h": (0.0, 100.0),
+    "cell_traffic__temperature_c": (-50.0, 55.0),
+    "cell_traffic__visibility_km": (0.0, 50.0),
+    "cell_traffic__wind_kmh": (0.0, 200.0),
+    "provider_status__provider_lat": (-90.0, 90.0),
+    "provider_status__provider_lon": (-180.0, 180.0),
+    "provider_status__on_shift": (0.0, 1.0),
+    "provider_status__current_speed_kmh": (0.0, 160.0),
+    "provider_status__shift_minutes_remaining": (0.0, 24 * 60.0),
+    "provider_batch__rating": (0.0, 6.0),  # a 5-star rating plus the simulator's noise
+    "cell_batch__urban_index": (0.0, 1.0),
+    "region_batch__weather_severity_7d": (0.0, 10.0),
+}
+#: ``(substring, range)`` rules for the columns not listed above, tried in order.
+_RANGE_RULES: tuple[tuple[str, tuple[float, float]], ...] = (
+    ("_rate", (0.0, 1.0)),
+    ("share_", (0.0, 1.0)),
+    ("mean_eta_error_min", (-240.0, 240.0)),
+    ("_min", (0.0, 24 * 60.0)),
+    ("eta_", (0.0, 24 * 60.0)),
+    ("_kmh", (0.0, 160.0)),
+    ("supply_demand_ratio", (0.0, 1e4)),
+)
+#: Everything else is a count, size, density or duration: non-negative and finite.
+_DEFAULT_RANGE: tuple[float, float] = (0.0, 1e9)
+
+
+def feature_range(column: str) -> tuple[float, float]:
+    """Stated ``[low, high]`` of a stored feature ``<group>__<feature>`` (see ``FEATURE_RANGES``)."""
+    if column in FEATURE_RANGES:
+        return FEATURE_RANGES[column]
+    feature = column.split("__", 1)[-1]
+    for pattern, bounds in _RANGE_RULES:
+        if pattern in feature:
+            return bounds
+    return _DEFAULT_RANGE

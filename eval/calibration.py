@@ -131,6 +131,12 @@ def _ece_of_resamples(idx: np.ndarray, bins: np.ndarray, q: np.ndarray, y: np.nd
     return _ece_of_bins(*sums)
 
 
+def ece_from_counts(count: np.ndarray, sum_p: np.ndarray, sum_y: np.ndarray) -> float:
+    """ECE from per-bin sums (rows, Σp, Σy), the form a monitor accumulates over time bins."""
+    sums = [np.asarray(x, dtype=np.float64) for x in (count, sum_p, sum_y)]
+    return float(_ece_of_bins(*sums))
+
+
 def brier_score(y_true: np.ndarray, p: np.ndarray) -> float:
     """Brier score ``(1/n) Σ (pᵢ − yᵢ)²`` (Brier 1950, Monthly Weather Review).
 

@@ -63,7 +63,8 @@ def unit_change_feed(at_day: int) -> Scenario:
     return scenario.model_copy(update={"incidents": [i.model_copy(update={"start_day": float(at_day)}) for i in scenario.incidents]})
 
 
-def build_label_world(root: Path) -> LabelWorld:
+def build_label_world(root: Path, *, incidents: bool = True) -> LabelWorld:
+    """The world above; ``incidents=False`` is its control: same seed and size, no scenario at all."""
     options = DemoOptions(workdir=root, days=DAYS, events_per_day=5_000, cells=480, regions=24, providers=1_200, seed=7, start=START, max_training_rows=20_000, num_boost_round=40)
     base = demo_settings(Settings(), options)
     # One LightGBM thread: on a loaded 2-core machine two OpenMP threads spin and fit ~10x slower.
@@ -71,7 +72,7 @@ def build_label_world(root: Path) -> LabelWorld:
     concept = Incident(kind="concept_drift", start_day=INCIDENT_DAY, duration="10d", segment={"region_id": [DRIFT_REGION]}, size=0.35)
     simulate(SimulationSpec(
         out=Path(settings.paths.data), days=DAYS, events_per_day=options.events_per_day, seed=options.seed, start=START,
-        cells=options.cells, regions=options.regions, providers=options.providers, scenario=Scenario(incidents=[concept]),
+        cells=options.cells, regions=options.regions, providers=options.providers, scenario=Scenario(incidents=[concept] if incidents else []),
     ))
     apply(settings)
     sim_start = datetime(START.year, START.month, START.day, tzinfo=UTC)
@@ -85,6 +86,6 @@ def build_label_world(root: Path) -> LabelWorld:
     (Path(settings.paths.root) / "dispatchml.yaml").write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     rows = replay_served_log(
         Path(settings.paths.data), Path(settings.paths.registry), log_root, replay_start, end,
-        feed_scenario=unit_change_feed(INCIDENT_DAY), sim_start=sim_start,
+        feed_scenario=unit_change_feed(INCIDENT_DAY) if incidents else None, sim_start=sim_start,
     )
     return LabelWorld(settings, sim_start, replay_start, end, log_root, rows)

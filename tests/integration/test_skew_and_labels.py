@@ -22,14 +22,14 @@ from eval.labels import completeness_watermark, join_labels, matured
 from eval.metrics import bias, mae
 from retrain.training_set import read_labels
 from serve_apps.prediction_log import read_prediction_log
-from tests.integration.label_world import DRIFT_REGION, INCIDENT_DAY, TRAIN_DAYS, UNIT_REGION, LabelWorld, build_label_world
+from tests.integration.label_world import DRIFT_REGION, INCIDENT_DAY, TRAIN_DAYS, UNIT_REGION, LabelWorld
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> LabelWorld:
-    return build_label_world(tmp_path_factory.mktemp("label-world"))
+def world(label_world: LabelWorld) -> LabelWorld:
+    return label_world
 
 
 @pytest.fixture(scope="module")
