@@ -44,10 +44,9 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-
-from cluster.config import RetrainSettings
 from scipy.stats import norm
 
+from cluster.config import RetrainSettings
 from eval.calibration import log_losses
 from eval.metrics import per_segment
 from retrain.acceptance_model import AcceptanceModel
@@ -149,14 +148,12 @@ def gate(
         if missing:
             raise KeyError(f"the {metric} gate frame lacks {missing}; build it with holdout_predictions()")
 
-        def report(y: np.ndarray, champion: np.ndarray, candidate: np.ndarray, tol: float) -> dict[str, float]:
-            return paired_regression(loss(y, champion), loss(y, candidate), tol)
-
         columns = [frame[c].to_numpy(dtype=np.float64) for c in PREDICTION_COLUMNS]
-        overall = {**report(*columns, settings.overall_tolerance), "n": float(len(frame))}
+        overall = {**_paired_report(*columns, loss=loss, tolerance=settings.overall_tolerance), "n": float(len(frame))}
         checks.append(_check(metric, OVERALL, "all", overall, settings.overall_tolerance, 1, z_critical, empty_fails=True))
+        report = functools.partial(_paired_report, loss=loss, tolerance=tolerance)
         for column in (c for c in segments if c in frame.columns):
-            by_value = per_segment(frame, column, functools.partial(report, tol=tolerance), PREDICTION_COLUMNS)
+            by_value = per_segment(frame, column, report, PREDICTION_COLUMNS)
             checks += [_check(metric, column, v, m, tolerance, settings.gate_min_rows, z_critical) for v, m in by_value.items()]
     failures = [c for c in checks if c.verdict == "fail"]
     judged = sum(c.verdict != "ignored" for c in checks)
@@ -168,6 +165,18 @@ def gate(
     else:
         reason = f"passed all {judged} judged checks ({len(checks) - judged} segments too small to judge)"
     return GateResult(passed=not failures, checks=tuple(checks), reason=reason)
+
+
+def _paired_report(
+    y: np.ndarray,
+    champion: np.ndarray,
+    candidate: np.ndarray,
+    *,
+    loss: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    tolerance: float,
+) -> dict[str, float]:
+    """An ``eval.metrics.per_segment`` report: :func:`paired_regression` of the two models' per-row losses."""
+    return paired_regression(loss(y, champion), loss(y, candidate), tolerance)
 
 
 def _check(

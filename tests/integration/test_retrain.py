@@ -108,7 +108,6 @@ def retrained(tmp_path_factory: pytest.TempPathFactory, local_ray: object) -> tu
     train_from_warehouse(settings, as_of=SIM_START + timedelta(days=DRIFT_DAY), set_alias="champion")
     event = _drift_event(settings)
     run = retrain_from_warehouse(settings, trigger=event.event_id)
-    import pandas as pd; pd.set_option("display.width", 250); pd.set_option("display.max_rows", 200); t = run.gate.table(); print(t[t.verdict != "ignored"].to_string()); print([(s.family, s.best) for s in run.searches.values()])
     return settings, event, run
 
 
