@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from cluster.config import Settings
+from contracts.events import Event, EvidenceValue
 from contracts.warehouse import manifest_path
 from retrain.gate import GateResult, gate, holdout_predictions
 from retrain.registry import Alias, ModelRegistry
@@ -156,22 +157,37 @@ class RetrainRun:
     def gate_verdict(self) -> str:
         return "no_champion" if self.gate is None else ("passed" if self.gate.passed else "failed")
 
+    def detail(self) -> dict[str, EvidenceValue]:
+        """The action record's detail (``contracts.events.ActionRecord.detail``): short labels and numbers."""
+        return {
+            "dispatch_version": self.versions["dispatch"],
+            "gate": self.gate_verdict,
+            "champion": self.champion,
+            "alias": self.alias,
+            "eta_trial": self.searches["eta"].best.trial_id,
+            "acceptance_trial": self.searches["acceptance"].best.trial_id,
+            "seconds": round(self.seconds["total"], 1),
+        }
+
 
 class RetrainTriggerError(LookupError):
     """The trigger event id is not in the event log."""
 
 
-def trigger_lineage(settings: Settings, trigger: str | None) -> dict[str, Any]:
-    """Lineage entries for the triggering event, read from the event log; ``manual`` without one."""
+def trigger_lineage(settings: Settings, trigger: str | Event | None) -> dict[str, Any]:
+    """Lineage entries for the triggering event (an id is looked up in the event log); ``manual`` without one."""
     if trigger is None:
         return {"trigger": "manual"}
-    from cluster.event_log import EventLog
+    if isinstance(trigger, Event):
+        event: Event | None = trigger
+    else:
+        from cluster.event_log import EventLog
 
-    event = next((e for e in EventLog(settings.paths.events).events() if e.event_id == trigger), None)
+        event = next((e for e in EventLog(settings.paths.events).events() if e.event_id == trigger), None)
     if event is None:
         raise RetrainTriggerError(f"event {trigger} is not in the event log under {settings.paths.events}; pass an id from `dispatchml incidents`")
     return {
-        "trigger": trigger,
+        "trigger": event.event_id,
         "trigger_event": {"kind": event.kind, "source": event.source, "subject": event.subject, "segment": event.segment},
     }
 
@@ -180,7 +196,7 @@ def retrain_from_warehouse(
     settings: Settings,
     data_root: Path | None = None,
     *,
-    trigger: str | None = None,
+    trigger: str | Event | None = None,
     as_of: datetime | None = None,
     recent_days: int | None = None,
     history_days: int | None = None,
@@ -189,6 +205,8 @@ def retrain_from_warehouse(
     step: Step | None = None,
 ) -> RetrainRun:
     """Tune, fit, gate and register a candidate dispatch version (see ``retrain.tune``, ``retrain.gate``).
+
+    ``trigger`` is the event that asked for the retrain, or its id in the event log.
 
     The candidate is always registered, so every retrain leaves an audit trail; its lineage
     records the trigger event, the recent and history windows, each family's winning Tune
@@ -281,3 +299,15 @@ def retrain_from_warehouse(
         alias=alias,
         seconds=seconds,
     )
+
+
+def retrainer(settings: Settings, **options: Any) -> Callable[[Event], dict[str, EvidenceValue]]:
+    """A ``cluster.actions`` retrain function: ``retrain_from_warehouse`` on the event, returning the action detail.
+
+    ``options`` are passed through (``recent_days``, ``history_days``, ``trials``, ``as_of``, ...).
+    """
+
+    def retrain_on(event: Event) -> dict[str, EvidenceValue]:
+        return retrain_from_warehouse(settings, trigger=event, **options).detail()
+
+    return retrain_on

@@ -77,26 +77,6 @@ def _drift_event(settings: Settings) -> Event:
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> object:
-    import ray
-
-    # address="local": our own cluster, never one a `serve up` left running; retried because
-    # Ray gives its raylet a fixed 30 s to register, which a saturated machine can miss.
-    if ray.is_initialized():
-        ray.shutdown()
-    for attempt in range(3):
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            break
-        except Exception as exc:  # Ray raises a bare Exception for the startup timeout
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def retrained(tmp_path_factory: pytest.TempPathFactory, local_ray: object) -> tuple[Settings, Event, RetrainRun]:
     settings = _settings(tmp_path_factory.mktemp("retrain"))
     concept = Incident(kind="concept_drift", start_day=DRIFT_DAY, duration="10d", segment={"region_id": [DRIFT_REGION]}, size=DRIFT_SIZE)

@@ -1,17 +1,21 @@
-"""The offline gate and the retrain window, on hand-made frames: no Ray, no registry."""
+"""The offline gate, the retrain window and the trigger lineage, on hand-made inputs: no Ray, no registry."""
 
 from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
-from cluster.config import RetrainSettings
+from cluster.config import RetrainSettings, Settings
+from cluster.event_log import EventLog
+from contracts.events import Event
 from retrain.gate import gate, paired_regression
+from retrain.pipeline import RetrainTriggerError, trigger_lineage
 from retrain.tune import RetrainWindowError, mix_history, retrain_window
 
 SETTINGS = RetrainSettings(gate_min_rows=200, eta_mae_tolerance=0.03, log_loss_tolerance=0.02, overall_tolerance=0.0)
@@ -146,3 +150,20 @@ def test_retrain_window_counts_back_from_the_holdout_and_clips_history() -> None
     assert window.lineage()["history"] == [data_start.isoformat(), window.recent_start.isoformat()]
     with pytest.raises(RetrainWindowError, match="recent-days"):
         retrain_window(data_start, holdout, holdout, recent_days=40, history_days=0, history_fraction=0.25)
+
+
+def test_trigger_lineage_reads_the_event_log_and_refuses_unknown_ids(tmp_path: Path) -> None:
+    settings = Settings().model_copy(update={"paths": Settings().paths.model_copy(update={"events": tmp_path})})
+    observed = datetime(2026, 2, 11, tzinfo=UTC)
+    event = Event(
+        event_id="e1", kind="concept_drift", severity="ticket", source="page_hinkley", subject="eta",
+        segment={"region_id": 3}, observed_at=observed, detected_at=observed, summary="ETA residuals rose in region 3",
+    )
+    EventLog(tmp_path).append([event])
+
+    lineage = trigger_lineage(settings, "e1")
+    assert lineage == trigger_lineage(settings, event)
+    assert lineage["trigger"] == "e1" and lineage["trigger_event"]["segment"] == {"region_id": 3}
+    assert trigger_lineage(settings, None) == {"trigger": "manual"}
+    with pytest.raises(RetrainTriggerError, match="not in the event log"):
+        trigger_lineage(settings, "missing")
