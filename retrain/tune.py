@@ -325,8 +325,8 @@ def search(
             mode="min",
             num_samples=trials or retrain.trials,
             scheduler=scheduler,
-            search_alg=BasicVariantGenerator(random_state=retrain.seed),
-            max_concurrent_trials=retrain.max_concurrent_trials,
+            # The generator limits concurrency itself (TuneConfig.max_concurrent_trials ignores it).
+            search_alg=BasicVariantGenerator(random_state=retrain.seed, max_concurrent=retrain.max_concurrent_trials),
         ),
         run_config=tune.RunConfig(name=name or f"retrain-{family}-{time.strftime('%Y%m%dT%H%M%S')}", storage_path=str(storage), verbose=0),
     )
