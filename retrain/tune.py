@@ -172,6 +172,8 @@ class SearchResult:
     trials: tuple[TrialSummary, ...]
     seconds: float
     experiment_path: str
+    #: Trials that raised; the search goes on without them, and lineage records how many.
+    failed_trials: int = 0
 
     def model_params(self) -> dict[str, Any]:
         """Constructor parameters for ``train_models``: the winning config, boosted to its best iteration."""
@@ -184,6 +186,7 @@ class SearchResult:
             f"validation_{self.metric}": self.best.validation_loss,
             "best_iteration": self.best.best_iteration,
             "trials": len(self.trials),
+            "failed_trials": self.failed_trials,
             "experiment": self.experiment_path,
         }
 
@@ -348,7 +351,8 @@ def search(
         errors = [str(r.error)[:200] for r in grid if r.error is not None]
         raise RuntimeError(f"no {family} tuning trial finished; first error: {errors[:1] or 'none reported'}")
     summaries.sort(key=lambda s: s.validation_loss)
-    return SearchResult(family, metric_name, summaries[0], tuple(summaries), seconds, str(grid.experiment_path))
+    failed = sum(r.error is not None for r in grid)
+    return SearchResult(family, metric_name, summaries[0], tuple(summaries), seconds, str(grid.experiment_path), failed)
 
 
 def tune_models(
