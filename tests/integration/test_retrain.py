@@ -116,7 +116,8 @@ def test_lineage_records_trigger_windows_trials_and_gate(retrained: tuple[Settin
     assert history[1] == recent[0] and datetime.fromisoformat(history[0]) < datetime.fromisoformat(recent[0])
     for family in ("eta", "acceptance"):
         tuned = lineage["tune"][family]
-        assert tuned["trial_id"] == run.searches[family].best.trial_id and tuned["trials"] == 2
+        assert tuned["trial_id"] == run.searches[family].best.trial_id
+        assert tuned["trials"] == 2 and tuned["failed_trials"] == 0
         assert 0 < tuned["best_iteration"] <= settings.retrain.max_boost_round
         # The candidate was refit with the winning trial's capacity, boosted to its best round.
         component = registry.metadata(family, metadata.components[family])
