@@ -204,6 +204,45 @@ def report_training(run: Any) -> None:
     print_table("registered versions", ["family", "version"], [[f, v] for f, v in run.versions.items()])
 
 
+@app.command()
+@command
+def retrain(
+    trigger: Annotated[str | None, typer.Option(help="Id of the event-log event that triggered this retrain.")] = None,
+    recent_days: Annotated[int | None, typer.Option(help="Days of recent rows, all kept (default: retrain.recent_days).")] = None,
+    history_days: Annotated[int | None, typer.Option(help="Older days sampled at retrain.history_fraction (default: retrain.history_days).")] = None,
+    trials: Annotated[int | None, typer.Option(help="Ray Tune trials per model (default: retrain.trials).")] = None,
+    as_of: Annotated[str | None, typer.Option(help="Use labels known by this UTC time (default: end of the data).")] = None,
+) -> None:
+    """Ray Tune search on a recent+history window, gate against the champion, register the candidate."""
+    from retrain.pipeline import retrain_from_warehouse
+
+    with console.status("retraining") as status:
+        run = retrain_from_warehouse(
+            _settings(), trigger=trigger, as_of=_utc_datetime(as_of), recent_days=recent_days,
+            history_days=history_days, trials=trials, step=status.update,
+        )
+    report_retrain(run)
+
+
+def report_retrain(run: Any) -> None:
+    """Best trial per model, the gate table (judged segments), the registered versions and the timing."""
+    print_table("best Ray Tune trial per model", ["model", "trial", "validation loss", "rounds", "config"], [
+        [f, s.best.trial_id, f"{s.metric} {s.best.validation_loss:.4f}", s.best.best_iteration,
+         ", ".join(f"{k}={v:.3g}" for k, v in s.best.config.items())]
+        for f, s in run.searches.items()
+    ])
+    if run.gate is None:
+        console.print("gate: no champion to compare with")
+    else:
+        checks = [c for c in run.gate.checks if c.verdict != "ignored"]
+        print_table(f"gate vs champion {run.champion}: {run.gate.reason}", ["metric", "segment", "rows", "champion", "candidate", "change", "z", "verdict"], [
+            [c.metric, f"{c.segment}={c.value}", c.rows, f"{c.champion:.4f}", f"{c.candidate:.4f}", f"{c.relative_change:+.1%}", f"{c.z:.1f}", c.verdict]
+            for c in checks
+        ])
+    print_table(f"registered (trigger {run.trigger}, alias {run.alias or 'none'})", ["family", "version"], [[f, v] for f, v in run.versions.items()])
+    console.print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in run.seconds.items()))
+
+
 @models_app.command("list")
 @command
 def models_list(family: Annotated[str | None, typer.Option(help="Only this family.")] = None) -> None:

@@ -188,6 +188,40 @@ class MonitorSettings(_Section):
     metrics_port: int = 9108
 
 
+class RetrainSettings(_Section):
+    """Retraining on Ray Tune (``dispatchml retrain``) and the offline gate against the champion.
+
+    The window is every row of the last ``recent_days`` before the holdout plus a job-complete
+    ``history_fraction`` sample of the ``history_days`` before those (``retrain.tune``), so a
+    drifted region is learned from fresh rows without forgetting the rest of the year.
+    """
+
+    recent_days: int = Field(14, ge=1)
+    history_days: int = Field(42, ge=0)
+    history_fraction: float = Field(0.25, ge=0.0, le=1.0)
+    #: The time-later slice of the training rows that LightGBM early-stops on and Tune ranks trials by.
+    validation_days: int = Field(2, ge=1)
+    #: Trials per model family (ETA, acceptance): each samples the search space once.
+    trials: int = Field(8, ge=1)
+    #: One CPU and one LightGBM thread per trial; 2 fill this 2-core machine.
+    max_concurrent_trials: int = Field(2, ge=1)
+    max_boost_round: int = Field(600, ge=1)
+    early_stopping_rounds: int = Field(30, ge=1)
+    #: Trials report every this many boosting rounds; ASHA's rungs count reports.
+    report_every: int = Field(10, ge=1)
+    asha_grace_reports: int = Field(3, ge=1)
+    seed: int = 0
+    #: Gate: segments with fewer holdout rows than this are listed but not judged.
+    gate_min_rows: int = Field(200, ge=1)
+    #: Gate: largest allowed relative rise of a segment's ETA MAE / acceptance log loss.
+    eta_mae_tolerance: float = Field(0.03, ge=0.0)
+    log_loss_tolerance: float = Field(0.02, ge=0.0)
+    #: Gate: largest allowed relative rise of the overall metrics (0 = must not regress).
+    overall_tolerance: float = Field(0.0, ge=0.0)
+    #: Gate: a rise beyond tolerance fails only if a one-sided paired z-test is significant at this level.
+    gate_confidence: float = Field(0.95, gt=0.5, lt=1.0)
+
+
 class Settings(_Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     world: WorldSettings = Field(default_factory=WorldSettings)
@@ -197,6 +231,7 @@ class Settings(_Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     slo: SloSettings = Field(default_factory=SloSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -1,14 +1,15 @@
 """The training run end to end: warehouse window -> point-in-time features -> labels -> fit -> register.
 
-``dispatchml train`` and the demo call ``train_from_warehouse``. Labels are attached as they
-were known at ``as_of`` (default: the end of the data), so a run is reproducible later even
-though labels keep arriving and being corrected.
+``dispatchml train`` and the demo call ``train_from_warehouse``; ``dispatchml retrain`` and the
+closed loop call ``retrain_from_warehouse`` (mixed window -> Ray Tune -> fit -> gate -> register).
+Labels are attached as they were known at ``as_of`` (default: the end of the data), so a run is
+reproducible later even though labels keep arriving and being corrected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ from typing import Any
 import pandas as pd
 
 from cluster.config import Settings
+from contracts.events import Event, EvidenceValue
 from contracts.warehouse import manifest_path
+from retrain.gate import GateResult, gate, holdout_predictions
 from retrain.registry import Alias, ModelRegistry
 from retrain.train import TrainingResult, register_models, train_models
 from retrain.training_set import attach_labels, build_training_set, read_labels
+from retrain.tune import RetrainWindow, SearchResult, fit_candidate, mix_history, retrain_window, tune_models
 
 Step = Callable[[str], None]
 
@@ -47,6 +51,28 @@ def data_span(data_root: Path) -> tuple[datetime, datetime]:
     return start, end
 
 
+def request_bounds(
+    settings: Settings, data_root: Path, as_of: datetime | None
+) -> tuple[datetime, datetime, datetime, datetime]:
+    """``(data start, as_of, holdout start, requests end)`` for a run at ``as_of`` (default: end of the data).
+
+    Requests of the last ``label_maturity_hours`` before ``as_of`` are left out: their slow
+    arrivals are not known yet, so keeping them would bias ETA labels (and the holdout) toward
+    fast arrivals.
+    """
+    span_start, span_end = data_span(data_root)
+    as_of = as_of or span_end
+    requests_end = as_of - timedelta(hours=settings.train.label_maturity_hours)
+    return span_start, as_of, requests_end - timedelta(days=settings.train.holdout_days), requests_end
+
+
+def with_labels(frame: pd.DataFrame, data_root: Path, as_of: datetime) -> pd.DataFrame:
+    """``frame`` with the labels known at ``as_of`` attached, keeping its ``attrs`` (feature definitions)."""
+    labelled = attach_labels(frame, read_labels(data_root, as_of), as_of)
+    labelled.attrs.update(frame.attrs)
+    return labelled
+
+
 def train_from_warehouse(
     settings: Settings,
     data_root: Path | None = None,
@@ -58,20 +84,16 @@ def train_from_warehouse(
 ) -> TrainingRun:
     """Train on the ``window_days + holdout_days`` before ``as_of`` and register the result.
 
-    Requests of the last ``label_maturity_hours`` before ``as_of`` are left out: their slow
-    arrivals are not known yet, so keeping them would bias ETA labels (and the holdout) toward
-    fast arrivals. The training slice is capped at ``max_training_rows`` (whole jobs, hashed);
-    the holdout is never sampled, so every segment's metrics use every matured row.
+    Recent requests whose labels are not final are left out (:func:`request_bounds`). The
+    training slice is capped at ``max_training_rows`` (whole jobs, hashed); the holdout is never
+    sampled, so every segment's metrics use every matured row.
     """
     import time
 
     say = step or (lambda _: None)
     data_root = Path(data_root or settings.paths.data)
-    span_start, span_end = data_span(data_root)
-    as_of = as_of or span_end
+    span_start, as_of, holdout_start, requests_end = request_bounds(settings, data_root, as_of)
     train = settings.train
-    requests_end = as_of - timedelta(hours=train.label_maturity_hours)
-    holdout_start = requests_end - timedelta(days=train.holdout_days)
     start = max(span_start, holdout_start - timedelta(days=train.window_days))
     seconds: dict[str, float] = {}
 
@@ -85,8 +107,7 @@ def train_from_warehouse(
 
     t = time.perf_counter()
     say(f"labels known by {as_of:%Y-%m-%d %H:%M}")
-    labelled = attach_labels(frame, read_labels(data_root, as_of), as_of)
-    labelled.attrs.update(frame.attrs)
+    labelled = with_labels(frame, data_root, as_of)
     seconds["labels"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -112,3 +133,181 @@ def metrics_table(result: TrainingResult) -> pd.DataFrame:
         for metric, value in values.items()
     ]
     return pd.DataFrame(rows)
+
+
+@dataclass
+class RetrainRun:
+    """A retrain from trigger to registered candidate: what was searched, judged and registered."""
+
+    #: The triggering event id, or ``manual``.
+    trigger: str
+    window: RetrainWindow
+    searches: dict[str, SearchResult]
+    result: TrainingResult
+    gate: GateResult | None
+    #: The dispatch champion the gate compared against (None: there was none).
+    champion: str | None
+    versions: dict[str, str]
+    #: Alias pointed at the candidate: ``challenger`` if the gate passed, else None.
+    alias: str | None
+    #: Wall-clock seconds per stage; ``total`` is trigger to registered candidate.
+    seconds: dict[str, float]
+
+    @property
+    def gate_verdict(self) -> str:
+        return "no_champion" if self.gate is None else ("passed" if self.gate.passed else "failed")
+
+    def detail(self) -> dict[str, EvidenceValue]:
+        """The action record's detail (``contracts.events.ActionRecord.detail``): short labels and numbers."""
+        return {
+            "dispatch_version": self.versions["dispatch"],
+            "gate": self.gate_verdict,
+            "champion": self.champion,
+            "alias": self.alias,
+            "eta_trial": self.searches["eta"].best.trial_id,
+            "acceptance_trial": self.searches["acceptance"].best.trial_id,
+            "seconds": round(self.seconds["total"], 1),
+        }
+
+
+class RetrainTriggerError(LookupError):
+    """The trigger event id is not in the event log."""
+
+
+def trigger_lineage(settings: Settings, trigger: str | Event | None) -> dict[str, Any]:
+    """Lineage entries for the triggering event (an id is looked up in the event log); ``manual`` without one."""
+    if trigger is None:
+        return {"trigger": "manual"}
+    if isinstance(trigger, Event):
+        event: Event | None = trigger
+    else:
+        from cluster.event_log import EventLog
+
+        event = next((e for e in EventLog(settings.paths.events).events() if e.event_id == trigger), None)
+    if event is None:
+        raise RetrainTriggerError(f"event {trigger} is not in the event log under {settings.paths.events}; pass an id from `dispatchml incidents`")
+    return {
+        "trigger": event.event_id,
+        "trigger_event": {"kind": event.kind, "source": event.source, "subject": event.subject, "segment": event.segment},
+    }
+
+
+def retrain_from_warehouse(
+    settings: Settings,
+    data_root: Path | None = None,
+    *,
+    trigger: str | Event | None = None,
+    as_of: datetime | None = None,
+    recent_days: int | None = None,
+    history_days: int | None = None,
+    trials: int | None = None,
+    challenger_on_pass: bool = True,
+    step: Step | None = None,
+) -> RetrainRun:
+    """Tune, fit, gate and register a candidate dispatch version (see ``retrain.tune``, ``retrain.gate``).
+
+    ``trigger`` is the event that asked for the retrain, or its id in the event log.
+
+    The candidate is always registered, so every retrain leaves an audit trail; its lineage
+    records the trigger event, the recent and history windows, each family's winning Tune
+    trial and the gate verdict. It is never made champion here (release does that): if the
+    gate passed (or there is no champion to compare with) ``challenger`` points at it, if it
+    failed no alias moves and ``lineage.gate == "failed"`` says why.
+    """
+    import time
+
+    started = time.perf_counter()
+    say = step or (lambda _: None)
+    lineage = trigger_lineage(settings, trigger)
+    retrain = settings.retrain.model_copy(
+        update={k: v for k, v in {"recent_days": recent_days, "history_days": history_days}.items() if v is not None}
+    )
+    data_root = Path(data_root or settings.paths.data)
+    data_start, as_of, holdout_start, requests_end = request_bounds(settings, data_root, as_of)
+    window = retrain_window(
+        data_start, holdout_start, requests_end, retrain.recent_days, retrain.history_days, retrain.history_fraction
+    )
+    run_settings = settings.model_copy(
+        update={"retrain": retrain, "train": settings.train.model_copy(update={"window_days": window.training_days})}
+    )
+    max_rows = settings.train.max_training_rows
+    seconds: dict[str, float] = {}
+
+    t = time.perf_counter()
+    say(f"training set: recent {window.recent_start:%Y-%m-%d}.., history {window.history_start:%Y-%m-%d}.. x{window.history_fraction}")
+    recent = build_training_set(settings, data_root, window.recent_start, holdout_start, "eta", max_rows=max_rows)
+    holdout = build_training_set(settings, data_root, holdout_start, requests_end, "eta")
+    parts = [recent, holdout]
+    if window.history_start < window.recent_start and window.history_fraction > 0:
+        history = build_training_set(settings, data_root, window.history_start, window.recent_start, "eta", max_rows=max_rows)
+        parts[0] = mix_history(recent, history, window.history_fraction, history.attrs["candidate_rows"])
+    frame = pd.concat(parts, ignore_index=True)
+    frame.attrs.update(recent.attrs)
+    seconds["training_set"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    labelled = with_labels(frame, data_root, as_of)
+    seconds["labels"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"Ray Tune: {trials or retrain.trials} trials per model on {len(labelled):,} candidate rows")
+    searches = tune_models(labelled, run_settings, trials=trials)
+    seconds["tune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("fitting the candidate with the best trials")
+    result = fit_candidate(labelled, run_settings, searches)
+    seconds["fit"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say("gating against the champion")
+    registry = ModelRegistry(settings.paths.registry)
+    champion = registry.alias("dispatch", "champion")
+    verdict: GateResult | None = None
+    if champion is not None:
+        bundle = registry.load_model("dispatch", "champion")
+        in_holdout = labelled.loc[labelled["request_ts"] >= result.split.holdout_start]
+        eta_frame, acceptance_frame = holdout_predictions(
+            in_holdout, (bundle.eta, bundle.acceptance), (result.eta, result.acceptance)
+        )
+        verdict = gate(eta_frame, acceptance_frame, retrain)
+    seconds["gate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    alias: Alias | None = "challenger" if challenger_on_pass and (verdict is None or verdict.passed) else None
+    lineage.update(
+        data_root=str(data_root),
+        as_of=as_of.isoformat(),
+        windows=window.lineage(),
+        tune={family: s.lineage() for family, s in searches.items()},
+        gate="no_champion" if verdict is None else ("passed" if verdict.passed else "failed"),
+        gate_reason="no champion to compare with" if verdict is None else verdict.reason,
+        gate_champion=champion.version if champion else None,
+        gate_checks=[] if verdict is None else [asdict(c) for c in verdict.checks if c.verdict != "ignored"],
+    )
+    versions = register_models(result, registry, lineage=lineage, set_alias=alias)
+    seconds["register"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - started
+    return RetrainRun(
+        trigger=lineage["trigger"],
+        window=window,
+        searches=searches,
+        result=result,
+        gate=verdict,
+        champion=champion.version if champion else None,
+        versions=versions,
+        alias=alias,
+        seconds=seconds,
+    )
+
+
+def retrainer(settings: Settings, **options: Any) -> Callable[[Event], dict[str, EvidenceValue]]:
+    """A ``cluster.actions`` retrain function: ``retrain_from_warehouse`` on the event, returning the action detail.
+
+    ``options`` are passed through (``recent_days``, ``history_days``, ``trials``, ``as_of``, ...).
+    """
+
+    def retrain_on(event: Event) -> dict[str, EvidenceValue]:
+        return retrain_from_warehouse(settings, trigger=event, **options).detail()
+
+    return retrain_on

@@ -215,7 +215,7 @@ def evaluate_holdout(
     degraded mode" is a like-for-like comparison.
     """
     holdout = holdout.reset_index(drop=True)
-    scored = _segments(holdout)
+    scored = holdout_segments(holdout)
     fallback_pred = fallback.predict_frame(holdout)
     eta_rows = holdout["arrival_minutes"].notna().to_numpy()
     acc_rows = holdout["accepted"].notna().to_numpy()
@@ -252,7 +252,8 @@ def evaluate_holdout(
     return metrics, segment_metrics
 
 
-def _segments(frame: pd.DataFrame) -> pd.DataFrame:
+def holdout_segments(frame: pd.DataFrame) -> pd.DataFrame:
+    """The :data:`SEGMENT_COLUMNS` of ``frame``, ``hour_of_day`` derived from ``request_ts``."""
     out = pd.DataFrame(index=frame.index)
     for column in SEGMENT_COLUMNS:
         if column == "hour_of_day":

@@ -87,27 +87,6 @@ def _register_policy_challenger(settings: Settings, reoffer_delay_minutes: float
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> object:
-    import ray
-
-    # address="local": our own cluster, never one another test or a `serve up` left running.
-    # Ray gives its raylet a fixed 30 s to register; on a saturated machine that can lapse, so
-    # the start is retried rather than failing the suite on load.
-    if ray.is_initialized():  # a connection an earlier test left open would make init refuse
-        ray.shutdown()
-    for attempt in range(3):
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-            break
-        except Exception as exc:  # Ray raises a bare Exception for the startup timeout
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(exc):
-                raise
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def backtest(world: Settings, local_ray: object) -> tuple[BacktestSpec, BacktestResult]:
     spec = BacktestSpec(
         versions=("champion", "challenger"), start=BACKTEST_START, end=AS_OF, as_of=AS_OF,
