@@ -99,12 +99,16 @@ def log_loss(y_true: np.ndarray, p: np.ndarray) -> float:
     ``sklearn.metrics.log_loss`` does, so a confident wrong answer costs ≈ 36 nats rather than
     infinity.
     """
+    losses = log_losses(y_true, p)
+    return float(np.mean(losses)) if losses.size else float("nan")
+
+
+def log_losses(y_true: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per-prediction negative log-likelihood, the terms :func:`log_loss` averages (same clipping)."""
     y, q = labels_and_probs(y_true, p)
-    if not y.size:
-        return float("nan")
     eps = np.finfo(np.float64).eps
     q = np.clip(q, eps, 1.0 - eps)
-    return float(-np.mean(y * np.log(q) + (1.0 - y) * np.log1p(-q)))
+    return -(y * np.log(q) + (1.0 - y) * np.log1p(-q))
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
