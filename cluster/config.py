@@ -138,7 +138,7 @@ class ReleaseSettings(_Section):
     acceptance_margin: float = Field(default=0.01, ge=0.0)
     #: Challenger requests (shadow or served) at a step before moving on from it.
     min_requests_per_step: int = Field(default=2000, ge=1)
-    #: Requests per arm before a guardrail is evaluated.
+    #: Requests per arm before a guardrail or the arm's burn rate is evaluated.
     min_guardrail_requests: int = Field(default=200, ge=1)
     #: p99 latency trips above max(the latency SLO threshold, champion p99 x (1 + tolerance)).
     latency_tolerance: float = Field(default=0.2, ge=0.0)

@@ -245,7 +245,9 @@ def observe(settings: Settings, as_of: datetime | None = None) -> ReleaseSituati
     else:
         counted = int(assigned(at_step, arm).sum())
     guardrails = () if stage == "probation" else guardrail_checks(requests, settings)
-    burn = burn_level(requests[assigned(requests, arm)], settings, as_of)
+    mine = requests[assigned(requests, arm)]
+    # A handful of requests cannot tell a page-rate burn from one slow request.
+    burn = burn_level(mine, settings, as_of) if len(mine) >= release.min_guardrail_requests else "none"
     return ReleaseSituation(stage=stage, requests_at_step=counted, test=test, guardrails=guardrails, burn=burn, **base)
 
 

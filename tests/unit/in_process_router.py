@@ -112,13 +112,18 @@ class _Remote:
 
 
 class FakeDispatchHandle:
-    """``score_batch.remote(matrices)`` like ``DispatchModelServer``."""
+    """``score_batch.remote(matrices)`` like ``DispatchModelServer``; ``eta_bias`` minutes makes a worse model."""
 
-    def __init__(self, distance_column: int) -> None:
-        self.score_batch = _Remote(lambda matrices: [
-            _scores(m[:, distance_column].astype(np.float64), {"dispatch": "dispatch-v1", "eta": "eta-v1", "acceptance": "acceptance-v1"})
-            for m in matrices
-        ])
+    def __init__(self, distance_column: int, version: str = "dispatch-v1", eta_bias: float = 0.0) -> None:
+        versions = {"dispatch": version, "eta": "eta-v1", "acceptance": "acceptance-v1"}
+
+        def score(matrix: np.ndarray) -> dict[str, Any]:
+            scores = _scores(matrix[:, distance_column].astype(np.float64), versions)
+            for name in ("eta_minutes", "eta_low", "eta_high"):
+                scores[name] = scores[name] + eta_bias
+            return scores
+
+        self.score_batch = _Remote(lambda matrices: [score(m) for m in matrices])
 
 
 class FakeFallbackHandle:
@@ -175,11 +180,15 @@ class InProcessRouter:
 
 
 @contextmanager
-def in_process_router(root: Path, *, admin_token: str | None = ADMIN_TOKEN, keys: str = PSEUDONYM_KEY_K1) -> Iterator[InProcessRouter]:
+def in_process_router(
+    root: Path, *, admin_token: str | None = ADMIN_TOKEN, keys: str = PSEUDONYM_KEY_K1, challenger: FakeDispatchHandle | None = None
+) -> Iterator[InProcessRouter]:
     """A router over a world under ``root`` (made on first use, so a second router on the same
-    root is a restart); closes its prediction log on exit."""
+    root is a restart); closes its prediction log on exit. ``challenger`` replaces the challenger
+    deployment (by default a copy of the champion)."""
     settings = Settings.model_validate({"paths": {"root": root, "data": root / "data", "registry": root / "registry",
-                                                  "feature_store": root / "feature_store", "reports": root / "reports"}})
+                                                  "feature_store": root / "feature_store", "reports": root / "reports",
+                                                  "events": root / "events"}})
     _world(settings.paths.data)
     _registry(settings.paths.registry)
     env = {KEYS_ENV: keys, ADMIN_TOKEN_ENV: admin_token}
@@ -192,7 +201,7 @@ def in_process_router(root: Path, *, admin_token: str | None = ADMIN_TOKEN, keys
         patch.delenv("DISPATCHML_PSEUDONYM_KEYS_FILE", raising=False)
         patch.setattr(FeatureRefresher, "start", lambda self: None)  # no Feast: features are loaded below
         router = DispatchRouter.func_or_class(settings.model_dump(mode="json"), FakeDispatchHandle(_DISTANCE),
-                                              FakeDispatchHandle(_DISTANCE), FakeFallbackHandle(), replica_tag="in-process")
+                                              challenger or FakeDispatchHandle(_DISTANCE), FakeFallbackHandle(), replica_tag="in-process")
     _load_features(router)
     try:
         yield InProcessRouter(router, settings)
