@@ -115,15 +115,19 @@ class FakeDispatchHandle:
     """``score_batch.remote(matrices)`` like ``DispatchModelServer``; ``eta_bias`` minutes makes a worse model."""
 
     def __init__(self, distance_column: int, version: str = "dispatch-v1", eta_bias: float = 0.0) -> None:
-        versions = {"dispatch": version, "eta": "eta-v1", "acceptance": "acceptance-v1"}
+        self.distance_column, self.version, self.eta_bias = distance_column, version, eta_bias
+        self.score_batch = _Remote(lambda matrices: [self.score(m) for m in matrices])
 
-        def score(matrix: np.ndarray) -> dict[str, Any]:
-            scores = _scores(matrix[:, distance_column].astype(np.float64), versions)
-            for name in ("eta_minutes", "eta_low", "eta_high"):
-                scores[name] = scores[name] + eta_bias
-            return scores
+    def current(self) -> tuple[str, float]:
+        """The version that scores and its ETA bias (a subclass may follow a registry alias)."""
+        return self.version, self.eta_bias
 
-        self.score_batch = _Remote(lambda matrices: [score(m) for m in matrices])
+    def score(self, matrix: np.ndarray) -> dict[str, Any]:
+        version, eta_bias = self.current()
+        scores = _scores(matrix[:, self.distance_column].astype(np.float64), {"dispatch": version, "eta": "eta-v1", "acceptance": "acceptance-v1"})
+        for name in ("eta_minutes", "eta_low", "eta_high"):
+            scores[name] = scores[name] + eta_bias
+        return scores
 
 
 class FakeFallbackHandle:
@@ -181,11 +185,16 @@ class InProcessRouter:
 
 @contextmanager
 def in_process_router(
-    root: Path, *, admin_token: str | None = ADMIN_TOKEN, keys: str = PSEUDONYM_KEY_K1, challenger: FakeDispatchHandle | None = None
+    root: Path,
+    *,
+    admin_token: str | None = ADMIN_TOKEN,
+    keys: str = PSEUDONYM_KEY_K1,
+    champion: FakeDispatchHandle | None = None,
+    challenger: FakeDispatchHandle | None = None,
 ) -> Iterator[InProcessRouter]:
     """A router over a world under ``root`` (made on first use, so a second router on the same
-    root is a restart); closes its prediction log on exit. ``challenger`` replaces the challenger
-    deployment (by default a copy of the champion)."""
+    root is a restart); closes its prediction log on exit. ``champion`` and ``challenger`` replace
+    the model deployments (by default both score as ``dispatch-v1``)."""
     settings = Settings.model_validate({"paths": {"root": root, "data": root / "data", "registry": root / "registry",
                                                   "feature_store": root / "feature_store", "reports": root / "reports",
                                                   "events": root / "events"}})
@@ -200,7 +209,7 @@ def in_process_router(
                 patch.setenv(name, value)
         patch.delenv("DISPATCHML_PSEUDONYM_KEYS_FILE", raising=False)
         patch.setattr(FeatureRefresher, "start", lambda self: None)  # no Feast: features are loaded below
-        router = DispatchRouter.func_or_class(settings.model_dump(mode="json"), FakeDispatchHandle(_DISTANCE),
+        router = DispatchRouter.func_or_class(settings.model_dump(mode="json"), champion or FakeDispatchHandle(_DISTANCE),
                                               challenger or FakeDispatchHandle(_DISTANCE), FakeFallbackHandle(), replica_tag="in-process")
     _load_features(router)
     try:

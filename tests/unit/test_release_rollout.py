@@ -63,6 +63,7 @@ class Traffic(threading.Thread):
         self.stop = threading.Event()
         self.statuses: list[int] = []
         self.arms: list[str] = []
+        self.versions: list[str] = []
         self.error: BaseException | None = None
 
     def run(self) -> None:
@@ -77,8 +78,10 @@ class Traffic(threading.Thread):
                 if self.stop.is_set():
                     break
                 response = await client.post(SCORE_PATH, json=body(f"J-release-{i}"))
+                answer = response.json() if response.status_code == 200 else {}
                 self.statuses.append(response.status_code)
-                self.arms.append(response.json().get("arm", "") if response.status_code == 200 else "")
+                self.arms.append(answer.get("arm", ""))
+                self.versions.append(answer.get("model_versions", {}).get("dispatch", ""))
                 await asyncio.sleep(0.001)  # let shadow tasks and batch timers run
         await asyncio.gather(*list(self.app.router._shadow_tasks), return_exceptions=True)
 
@@ -89,7 +92,13 @@ def wait_for(condition: Callable[[], bool], what: str, traffic: Traffic) -> None
         assert traffic.error is None, f"traffic failed: {traffic.error!r}"
         assert traffic.is_alive(), "traffic stopped early"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        time.sleep(0.2)
+
+
+def step(app: InProcessRouter, settings: Settings, **kwargs: object):
+    """One controller tick on what the router has logged so far (its log commits every 2 s)."""
+    assert app.router.log.flush(timeout=30)
+    return release_step(settings, **kwargs)
 
 
 def logged(app: InProcessRouter):
@@ -97,12 +106,13 @@ def logged(app: InProcessRouter):
     return read_prediction_log(app.prediction_log).to_pandas()
 
 
-def write_labels(app: InProcessRouter, seed: int) -> int:
+def write_labels(app: InProcessRouter, seed: int, eta_bias: dict[str, float]) -> int:
     """The world answers every served job: the top-ranked provider arrives after the unbiased ETA
-    plus noise; every candidate accepts or declines the offer at random. Known 30 minutes later."""
+    (the served ETA less that version's bias) plus noise; every candidate accepts or declines the
+    offer at random. Known 30 minutes later."""
     rng = np.random.default_rng(seed)
     served = logged(app).query("role == 'served' and arm != 'fallback'")
-    bias = np.where(served["dispatch_version"] == "dispatch-v2", BIAS_MINUTES, 0.0)
+    bias = served["dispatch_version"].map(eta_bias).fillna(0.0).to_numpy()
     top = (served["rank"] == 1).to_numpy()
     known_at = served["requested_at"] + timedelta(minutes=30)
     arrivals = {"label_type": "arrival_minutes", "value": (served["eta_minutes"] - bias + rng.normal(0.0, 2.0, len(served)))[top]}
@@ -137,15 +147,15 @@ def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_
         try:
             # Shadow (the traffic file's default): the challenger scores champion jobs off the response path.
             wait_for(lambda: (logged(app)["role"] == "shadow").sum() >= 40 * 4, "40 shadowed jobs", traffic)
-            situation, first = release_step(settings)
+            situation, first = step(app, settings)
             assert situation.stage == "shadow" and situation.test.decision == "continue"  # no labels yet
             assert (first.action, first.code) == ("advance", "step_passed"), first.reason
             assert read_state(settings.paths.registry).challenger_weight == 0.05
 
             # The router picks the canary up by itself and serves some jobs from the challenger.
             wait_for(lambda: traffic.arms.count("challenger") >= 3, "challenger-served jobs", traffic)
-            assert write_labels(app, seed=11) > 0
-            situation, second = release_step(settings, as_of=datetime.now(UTC) + timedelta(hours=2))
+            assert write_labels(app, seed=11, eta_bias={"dispatch-v2": BIAS_MINUTES}) > 0
+            situation, second = step(app, settings, as_of=datetime.now(UTC) + timedelta(hours=2))
             assert situation.stage == "canary"
             assert (second.action, second.code) == ("rollback", "test_rejected"), second.reason
             eta = situation.test.metrics[0]
@@ -160,7 +170,7 @@ def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_
             assert set(traffic.arms[after + 1:]) <= {"champion", "fallback"}
 
             # The controller now holds: the experiment is stopped until a new challenger comes.
-            _, third = release_step(settings, as_of=datetime.now(UTC) + timedelta(hours=2))
+            _, third = step(app, settings, as_of=datetime.now(UTC) + timedelta(hours=2))
             assert (third.action, third.code) == ("hold", "stopped")
         finally:
             traffic.stop.set()
@@ -179,3 +189,92 @@ def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_
     assert (event.kind, event.severity, event.state, event.event_id) == ("release", "ticket", "firing", rollback.event_id)
     assert "dispatch-v1->dispatch-v2" in event.subject
     assert [i.key for i in events.incidents()] == [rollback.incident_key]
+
+
+class AliasFollowingModel(FakeDispatchHandle):
+    """Like ``DispatchModelServer``: scores with whatever version its alias points at now, each
+    version with its own ETA bias; ``broken`` versions raise (a bad deploy)."""
+
+    def __init__(self, registry_root: Path, alias: str, eta_bias: dict[str, float]) -> None:
+        super().__init__(model_features().index("distance_km"))
+        self.registry, self.alias, self.biases = ModelRegistry(registry_root), alias, eta_bias
+        self.broken: set[str] = set()
+
+    def current(self) -> tuple[str, float]:
+        version = self.registry.alias("dispatch", self.alias).version
+        if version in self.broken:
+            raise RuntimeError(f"{version} fails to score")
+        return version, self.biases.get(version, 0.0)
+
+
+def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns_budget_as_champion(tmp_path: Path) -> None:
+    # dispatch-v1 (the champion) overestimates ETAs by 3 minutes; dispatch-v2 does not.
+    biases = {"dispatch-v1": 3.0, "dispatch-v2": 0.0}
+    registry_root = tmp_path / "registry"
+    with in_process_router(tmp_path) as first:  # lays out the world and the registry
+        pass
+    champion = AliasFollowingModel(registry_root, "champion", biases)
+    challenger = AliasFollowingModel(registry_root, "challenger", biases)
+    with in_process_router(tmp_path, champion=champion, challenger=challenger) as app:
+        release = {**RELEASE, "min_requests_per_step": 5}
+        settings = Settings.model_validate({**app.settings.model_dump(mode="json"), "release": release, "slo": SLO})
+        registry = ModelRegistry(settings.paths.registry)
+        later = datetime.now(UTC) + timedelta(hours=2)  # the controller's clock: labels have matured
+        traffic = Traffic(app)
+        traffic.start()
+
+        def next_action() -> str:
+            return step(app, settings, dry_run=True, as_of=later)[1].action
+
+        try:
+            wait_for(lambda: (logged(app)["role"] == "shadow").sum() >= 40 * 4, "40 shadowed jobs", traffic)
+            assert write_labels(app, seed=12, eta_bias=biases) > 0
+            weights = []
+            for _ in range(3):  # shadow -> 5 % -> 25 % -> 50 %
+                wait_for(lambda: next_action() != "hold", "enough challenger requests at the step", traffic)
+                situation, decision = step(app, settings, as_of=later)
+                assert decision.action == "advance", decision.reason
+                assert situation.test.decision != "reject"
+                weights.append(read_state(settings.paths.registry).challenger_weight)
+            assert weights == [0.05, 0.25, 0.5]
+            wait_for(lambda: next_action() != "hold", "enough challenger requests at 50 %", traffic)
+            situation, decision = step(app, settings, as_of=later)
+            assert (decision.action, decision.code) == ("promote", "test_promoted"), decision.reason
+            assert situation.test.metrics[0].verdict == "better"
+            assert registry.alias("dispatch", "champion").version == "dispatch-v2"
+            assert registry.alias("dispatch", "fallback").version == "dispatch-v1"
+            assert read_state(settings.paths.registry).challenger_weight == 0.0
+
+            # Probation: the new champion serves every job; healthy, so the controller holds.
+            wait_for(lambda: app.router.policy is not None and app.router.policy.champion == "dispatch-v2", "the router to reload", traffic)
+            served_from = len(traffic.arms)
+            wait_for(lambda: len(traffic.arms) >= served_from + 30, "30 requests on the new champion", traffic)
+            assert set(traffic.versions[served_from + 1:]) == {"dispatch-v2"}
+            situation, decision = step(app, settings, as_of=later)
+            assert (situation.stage, decision.action) == ("probation", "hold"), decision.reason
+
+            # A bad deploy of the new champion: every job falls back, which burns the availability budget.
+            champion.broken.add("dispatch-v2")
+            broken_from = len(traffic.arms)
+            wait_for(lambda: len(traffic.arms) >= broken_from + 40, "40 requests on the broken champion", traffic)
+            situation, decision = step(app, settings, as_of=later)
+            assert (situation.stage, decision.action, decision.code) == ("probation", "rollback", "burn_rate"), decision.reason
+            assert registry.alias("dispatch", "champion").version == "dispatch-v1"
+            # The router follows: dispatch-v1 answers again (once the champion's breaker lets it through).
+            restored_from = len(traffic.arms)
+            wait_for(lambda: "dispatch-v1" in traffic.versions[restored_from:], "dispatch-v1 to serve again", traffic)
+            _, decision = step(app, settings, as_of=later)
+            assert (decision.action, decision.code) == ("hold", "stopped")
+        finally:
+            traffic.stop.set()
+            traffic.join(timeout=WAIT_S)
+        assert traffic.error is None and not traffic.is_alive()
+
+    assert len(traffic.statuses) > 100 and set(traffic.statuses) == {200}, "every request answered 200"
+    events = EventLog(settings.paths.events)
+    assert [a.action for a in events.actions()] == ["canary_advance"] * 3 + ["promote", "none", "rollback", "none"]
+    promoted, rolled_back = (e for e in events.events())
+    assert (promoted.severity, promoted.state, rolled_back.severity, rolled_back.state) == ("info", "resolved", "ticket", "firing")
+    assert "burns error budget at page rate" in rolled_back.summary
+    assert [m.action for m in registry.history("dispatch", "champion")][-2:] == ["set", "rollback"]
+    assert first is not None
