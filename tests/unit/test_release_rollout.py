@@ -35,12 +35,14 @@ from serve_apps.prediction_log import read_prediction_log
 from serve_apps.traffic_state import read_state
 
 BIAS_MINUTES = 6.0
-#: Small steps and samples so the test runs in seconds; the statistics are the product's.
+#: Small steps and samples so the test runs in seconds; the statistics are the product's. The
+#: router shares two cores with this test, so a model call may miss its 60 ms deadline on either
+#: arm now and then: the share guardrails get a wide tolerance here (the decision table covers them).
 RELEASE = {"canary_steps": [0.05, 0.25, 0.5], "min_samples": 30, "target_samples": 200, "min_requests_per_step": 30,
-           "min_guardrail_requests": 20, "label_horizon_hours": 1.0}
-#: The router shares two cores with this test: its latency is not what the test is about, so the
-#: latency SLO is loose enough that a descheduled request does not page.
-SLO = {"service": {"availability": {"kind": "availability", "objective": 0.999},
+           "min_guardrail_requests": 20, "label_horizon_hours": 1.0, "error_share_tolerance": 0.5, "fallback_share_tolerance": 0.5}
+#: For the same reason the SLOs are loose: a page needs > 72 % of an arm's requests failing
+#: (14.4 x a 5 % budget), which a broken model does and a descheduled request does not.
+SLO = {"service": {"availability": {"kind": "availability", "objective": 0.95},
                    "latency": {"kind": "latency", "objective": 0.99, "threshold_seconds": 10.0}}}
 WAIT_S = 60.0
 
@@ -249,14 +251,15 @@ def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns
             wait_for(lambda: app.router.policy is not None and app.router.policy.champion == "dispatch-v2", "the router to reload", traffic)
             served_from = len(traffic.arms)
             wait_for(lambda: len(traffic.arms) >= served_from + 30, "30 requests on the new champion", traffic)
-            assert set(traffic.versions[served_from + 1:]) == {"dispatch-v2"}
+            answered = list(zip(traffic.arms[served_from + 1:], traffic.versions[served_from + 1:], strict=False))
+            assert {version for arm, version in answered if arm != "fallback"} == {"dispatch-v2"}
             situation, decision = step(app, settings, as_of=later)
             assert (situation.stage, decision.action) == ("probation", "hold"), decision.reason
 
             # A bad deploy of the new champion: every job falls back, which burns the availability budget.
             champion.broken.add("dispatch-v2")
             broken_from = len(traffic.arms)
-            wait_for(lambda: len(traffic.arms) >= broken_from + 40, "40 requests on the broken champion", traffic)
+            wait_for(lambda: len(traffic.arms) >= broken_from + 150, "150 requests on the broken champion", traffic)
             situation, decision = step(app, settings, as_of=later)
             assert (situation.stage, decision.action, decision.code) == ("probation", "rollback", "burn_rate"), decision.reason
             assert registry.alias("dispatch", "champion").version == "dispatch-v1"
