@@ -22,8 +22,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from in_process_router import FakeDispatchHandle, InProcessRouter, in_process_router
+from typer.testing import CliRunner, Result
 
+from cluster.cli import app as cli_app
 from cluster.config import Settings
 from cluster.event_log import EventLog
 from contracts.features import model_features
@@ -31,6 +34,7 @@ from contracts.scoring import SCORE_PATH
 from contracts.warehouse import LABELS, table_dir
 from retrain.registry import ModelRegistry
 from retrain.release import release_step
+from serve_apps.openapi import ADMIN_TOKEN_ENV
 from serve_apps.prediction_log import read_prediction_log
 from serve_apps.traffic_state import read_state
 
@@ -281,3 +285,31 @@ def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns
     assert "burns error budget at page rate" in rolled_back.summary
     assert [m.action for m in registry.history("dispatch", "champion")][-2:] == ["set", "rollback"]
     assert first is not None
+
+
+def test_release_cli_shows_status_and_needs_the_admin_token_to_act(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with in_process_router(tmp_path) as app:  # a champion and a challenger in the registry, nothing served yet
+        paths = app.settings.paths
+    config = tmp_path / "dispatchml.yaml"
+    config.write_text(yaml.safe_dump({"paths": {name: str(value) for name, value in paths.model_dump().items()}}))
+    events = EventLog(paths.events)
+    cli = CliRunner()
+
+    def run(*args: str) -> Result:
+        return cli.invoke(cli_app, ["--config", str(config), "release", *args])
+
+    monkeypatch.delenv(ADMIN_TOKEN_ENV, raising=False)
+    disabled = run("step", "--token", "anything")
+    assert disabled.exit_code == 1 and ADMIN_TOKEN_ENV in disabled.output
+    monkeypatch.setenv(ADMIN_TOKEN_ENV, "release-cli-token-7f3a")
+    status = run("status")
+    assert status.exit_code == 0, status.output
+    assert "stage shadow" in status.output and "waiting_for_requests" in status.output
+    denied = run("step", "--token", "not-the-token")
+    assert denied.exit_code == 1 and "wrong admin token" in denied.output
+    dry = run("step", "--dry-run")
+    assert dry.exit_code == 0 and "would hold" in dry.output
+    assert events.actions() == [], "neither a refused nor a dry-run step records anything"
+    done = run("step", "--token", "release-cli-token-7f3a")
+    assert done.exit_code == 0 and "did hold" in done.output
+    assert [(a.action, a.status) for a in events.actions()] == [("none", "taken")]
