@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -92,6 +93,20 @@ class Traffic(threading.Thread):
         await asyncio.gather(*list(self.app.router._shadow_tasks), return_exceptions=True)
 
 
+@contextmanager
+def flowing(app: InProcessRouter) -> Iterator[Traffic]:
+    """Requests flow while the block runs; afterwards, every one of them was answered 200."""
+    traffic = Traffic(app)
+    traffic.start()
+    try:
+        yield traffic
+    finally:
+        traffic.stop.set()
+        traffic.join(timeout=WAIT_S)
+    assert traffic.error is None and not traffic.is_alive()
+    assert len(traffic.statuses) > 100 and set(traffic.statuses) == {200}, "every request answered 200"
+
+
 def wait_for(condition: Callable[[], bool], what: str, traffic: Traffic) -> None:
     deadline = time.monotonic() + WAIT_S
     while not condition():
@@ -148,9 +163,7 @@ def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_
     with in_process_router(tmp_path, challenger=worse_challenger) as app:
         settings = Settings.model_validate({**app.settings.model_dump(mode="json"), "release": RELEASE, "slo": SLO})
         registry = ModelRegistry(settings.paths.registry)
-        traffic = Traffic(app)
-        traffic.start()
-        try:
+        with flowing(app) as traffic:
             # Shadow (the traffic file's default): the challenger scores champion jobs off the response path.
             wait_for(lambda: (logged(app)["role"] == "shadow").sum() >= 40 * 4, "40 shadowed jobs", traffic)
             situation, first = step(app, settings)
@@ -178,12 +191,6 @@ def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_
             # The controller now holds: the experiment is stopped until a new challenger comes.
             _, third = step(app, settings, as_of=datetime.now(UTC) + timedelta(hours=2))
             assert (third.action, third.code) == ("hold", "stopped")
-        finally:
-            traffic.stop.set()
-            traffic.join(timeout=WAIT_S)
-        assert traffic.error is None and not traffic.is_alive()
-
-    assert len(traffic.statuses) > 100 and set(traffic.statuses) == {200}, "every request answered 200"
     assert registry.alias("dispatch", "champion").version == "dispatch-v1"
     events = EventLog(settings.paths.events)
     actions = events.actions()
@@ -226,13 +233,11 @@ def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns
         settings = Settings.model_validate({**app.settings.model_dump(mode="json"), "release": release, "slo": SLO})
         registry = ModelRegistry(settings.paths.registry)
         later = datetime.now(UTC) + timedelta(hours=2)  # the controller's clock: labels have matured
-        traffic = Traffic(app)
-        traffic.start()
 
         def next_action() -> str:
             return step(app, settings, dry_run=True, as_of=later)[1].action
 
-        try:
+        with flowing(app) as traffic:
             wait_for(lambda: (logged(app)["role"] == "shadow").sum() >= 40 * 4, "40 shadowed jobs", traffic)
             assert write_labels(app, seed=12, eta_bias=biases) > 0
             weights = []
@@ -272,12 +277,6 @@ def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns
             wait_for(lambda: "dispatch-v1" in traffic.versions[restored_from:], "dispatch-v1 to serve again", traffic)
             _, decision = step(app, settings, as_of=later)
             assert (decision.action, decision.code) == ("hold", "stopped")
-        finally:
-            traffic.stop.set()
-            traffic.join(timeout=WAIT_S)
-        assert traffic.error is None and not traffic.is_alive()
-
-    assert len(traffic.statuses) > 100 and set(traffic.statuses) == {200}, "every request answered 200"
     events = EventLog(settings.paths.events)
     assert [a.action for a in events.actions()] == ["canary_advance"] * 3 + ["promote", "none", "rollback", "none"]
     promoted, rolled_back = (e for e in events.events())
