@@ -70,6 +70,9 @@ SOURCE = "release_controller"
 ETA_METRIC, ACCEPTANCE_METRIC = "eta_abs_error", "accept_log_loss"
 #: Degradation reasons (``contracts.scoring.DegradationReason``) that mean the arm's model failed.
 ERROR_REASONS = ("model_error", "model_timeout")
+#: What the controller reads of the prediction log (not the feature vectors).
+LOG_COLUMNS = ["request_id", "job_id", "provider_id", "role", "arm", "dispatch_version", "requested_at", "latency_ms",
+               "degradation_reasons", "rank", "eta_minutes", "p_accept"]
 FALLBACK_REASONS = (*ERROR_REASONS, "breaker_open")
 
 
@@ -229,7 +232,7 @@ def observe(settings: Settings, as_of: datetime | None = None) -> ReleaseSituati
     if stage in ("idle", "stopped") or since is None:
         empty = sequential_test({m: [] for m in margins}, margins, alpha=release.alpha, min_samples=release.min_samples, target_n=release.target_samples)
         return ReleaseSituation(stage=stage, requests_at_step=0, test=empty, guardrails=(), burn="none", **base)
-    log = read_prediction_log(Path(settings.paths.root) / "prediction_log", since, as_of).to_pandas()
+    log = read_prediction_log(Path(settings.paths.root) / "prediction_log", since, as_of, columns=LOG_COLUMNS).to_pandas()
     if stage == "probation":
         # The promoted version now serves as champion; nothing to compare it with on the same jobs.
         requests, arm = request_table(log, candidate, None), "champion"

@@ -27,6 +27,7 @@ import yaml
 from in_process_router import FakeDispatchHandle, InProcessRouter, in_process_router
 from typer.testing import CliRunner, Result
 
+import serve_apps.router as router_module
 from cluster.cli import app as cli_app
 from cluster.config import Settings
 from cluster.event_log import EventLog
@@ -40,13 +41,12 @@ from serve_apps.prediction_log import read_prediction_log
 from serve_apps.traffic_state import read_state
 
 BIAS_MINUTES = 6.0
-#: Small steps and samples so the test runs in seconds; the statistics are the product's. The
-#: router shares two cores with this test, so a model call may miss its 60 ms deadline on either
-#: arm now and then: the share guardrails get a wide tolerance here (the decision table covers them).
+#: Small steps and samples so the test runs in seconds; the statistics are the product's.
 RELEASE = {"canary_steps": [0.05, 0.25, 0.5], "min_samples": 30, "target_samples": 200, "min_requests_per_step": 30,
-           "min_guardrail_requests": 20, "label_horizon_hours": 1.0, "error_share_tolerance": 0.5, "fallback_share_tolerance": 0.5}
-#: For the same reason the SLOs are loose: a page needs > 72 % of an arm's requests failing
-#: (14.4 x a 5 % budget), which a broken model does and a descheduled request does not.
+           "min_guardrail_requests": 20, "label_horizon_hours": 1.0}
+#: Latency is not what these tests are about (see ``unhurried_models``): the latency SLO is loose
+#: enough that a descheduled request does not page, and a page needs > 72 % of an arm's requests
+#: failing (14.4 x a 5 % budget), which a broken model does.
 SLO = {"service": {"availability": {"kind": "availability", "objective": 0.95},
                    "latency": {"kind": "latency", "objective": 0.99, "threshold_seconds": 10.0}}}
 WAIT_S = 60.0
@@ -116,6 +116,14 @@ def wait_for(condition: Callable[[], bool], what: str, traffic: Traffic) -> None
         time.sleep(0.2)
 
 
+@pytest.fixture(autouse=True)
+def unhurried_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The router, the controller and the test share a loaded two-core machine, so a model call
+    can miss its 60 ms deadline through no fault of the model, and a few misses open its breaker.
+    Latency is not under test here: a 5 s deadline leaves model failures to the broken model."""
+    monkeypatch.setattr(router_module, "MODEL_DEADLINE_S", 5.0)
+
+
 def step(app: InProcessRouter, settings: Settings, **kwargs: object):
     """One controller tick on what the router has logged so far (its log commits every 2 s)."""
     assert app.router.log.flush(timeout=30)
@@ -159,7 +167,9 @@ def worse_challenger() -> FakeDispatchHandle:
     return FakeDispatchHandle(model_features().index("distance_km"), version="dispatch-v2", eta_bias=BIAS_MINUTES)
 
 
-def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_answered(tmp_path: Path, worse_challenger) -> None:
+def test_worse_challenger_goes_to_canary_then_is_rolled_back_with_every_request_answered(
+    tmp_path: Path, worse_challenger: FakeDispatchHandle
+) -> None:
     with in_process_router(tmp_path, challenger=worse_challenger) as app:
         settings = Settings.model_validate({**app.settings.model_dump(mode="json"), "release": RELEASE, "slo": SLO})
         registry = ModelRegistry(settings.paths.registry)
@@ -234,22 +244,23 @@ def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns
         registry = ModelRegistry(settings.paths.registry)
         later = datetime.now(UTC) + timedelta(hours=2)  # the controller's clock: labels have matured
 
-        def next_action() -> str:
-            return step(app, settings, dry_run=True, as_of=later)[1].action
+        def served_by(arm: str, since: int) -> list[str]:
+            """Dispatch versions of the responses from ``arm`` since request number ``since``."""
+            return [v for a, v in zip(traffic.arms[since:], traffic.versions[since:], strict=False) if a == arm]
 
         with flowing(app) as traffic:
             wait_for(lambda: (logged(app)["role"] == "shadow").sum() >= 40 * 4, "40 shadowed jobs", traffic)
             assert write_labels(app, seed=12, eta_bias=biases) > 0
             weights = []
-            for _ in range(3):  # shadow -> 5 % -> 25 % -> 50 %
-                wait_for(lambda: next_action() != "hold", "enough challenger requests at the step", traffic)
+            for _ in range(4):  # shadow -> 5 % -> 25 % -> 50 % -> champion
                 situation, decision = step(app, settings, as_of=later)
-                assert decision.action == "advance", decision.reason
+                if decision.action != "advance":
+                    break
                 assert situation.test.decision != "reject"
                 weights.append(read_state(settings.paths.registry).challenger_weight)
+                mark = len(traffic.arms)
+                wait_for(lambda mark=mark: len(served_by("challenger", mark)) >= 8, "challenger requests at the new step", traffic)
             assert weights == [0.05, 0.25, 0.5]
-            wait_for(lambda: next_action() != "hold", "enough challenger requests at 50 %", traffic)
-            situation, decision = step(app, settings, as_of=later)
             assert (decision.action, decision.code) == ("promote", "test_promoted"), decision.reason
             assert situation.test.metrics[0].verdict == "better"
             assert registry.alias("dispatch", "champion").version == "dispatch-v2"
@@ -258,10 +269,10 @@ def test_better_challenger_is_ramped_and_promoted_then_rolled_back_when_it_burns
 
             # Probation: the new champion serves every job; healthy, so the controller holds.
             wait_for(lambda: app.router.policy is not None and app.router.policy.champion == "dispatch-v2", "the router to reload", traffic)
-            served_from = len(traffic.arms)
-            wait_for(lambda: len(traffic.arms) >= served_from + 30, "30 requests on the new champion", traffic)
-            answered = list(zip(traffic.arms[served_from + 1:], traffic.versions[served_from + 1:], strict=False))
-            assert {version for arm, version in answered if arm != "fallback"} == {"dispatch-v2"}
+            served_from = len(traffic.arms) + 1
+            wait_for(lambda: len(served_by("champion", served_from)) >= 20, "20 jobs on the new champion", traffic)
+            assert set(served_by("champion", served_from)) == {"dispatch-v2"}
+            assert served_by("challenger", served_from) == []
             situation, decision = step(app, settings, as_of=later)
             assert (situation.stage, decision.action) == ("probation", "hold"), decision.reason
 
