@@ -617,6 +617,50 @@ def monitor_run(
         console.print(f"{result.as_of.isoformat()}: {result.rows_read} log rows, {result.labels_read} labels, {result.written} new events; report {result.report}")
 
 
+# -- release (retrain/release.py) ------------------------------------------------------------------
+
+release_app = typer.Typer(no_args_is_help=True, help="Release controller: shadow, canary steps, promotion, automatic rollback.")
+app.add_typer(release_app, name="release")
+
+
+def _print_release(situation: Any, decision: Any, verb: str) -> None:
+    console.print(f"stage {situation.stage}: champion {situation.champion}, candidate {situation.candidate or '-'} "
+                  f"(weight {situation.challenger_weight}, shadow {situation.shadow}, {situation.requests_at_step} requests at this step)")
+    print_table("sequential test (challenger - champion)", ["metric", "n", "difference", "lower", "upper", "margin", "p", "verdict"],
+                [[m.metric, m.n, f"{m.mean_difference:.4g}", f"{m.lower:.4g}", f"{m.upper:.4g}", m.margin, f"{m.p_value:.3g}", m.verdict]
+                 for m in situation.test.metrics])
+    print_table("guardrails", ["guardrail", "arm", "value", "limit", "requests", "tripped"],
+                [[g.name, g.arm, f"{g.value:.4g}", f"{g.limit:.4g}", g.requests, g.tripped] for g in situation.guardrails])
+    console.print(f"burn rate on the candidate's requests: {situation.burn}")
+    console.print(f"[bold]{verb} {decision.action}[/bold] ({decision.code}): {escape(decision.reason)}", highlight=False)
+
+
+@release_app.command("status")
+@command
+def release_status() -> None:
+    """Stage, test evidence, guardrails and what the next step would decide (changes nothing)."""
+    from retrain.release import release_step
+
+    _print_release(*release_step(_settings(), dry_run=True), verb="next step would")
+
+
+@release_app.command("step")
+@command
+def release_step_command(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and print; change and record nothing.")] = False,
+    token: Annotated[str, typer.Option(help="The admin token, checked as the admin API checks it.", envvar="DISPATCHML_RELEASE_TOKEN")] = "",
+) -> None:
+    """One tick of the release controller: observe, decide, act through the traffic file and registry, record."""
+    import os
+
+    from retrain.release import release_step
+    from serve_apps.openapi import ADMIN_TOKEN_ENV, check_admin_token
+
+    if not dry_run:
+        check_admin_token(f"Bearer {token}", os.environ.get(ADMIN_TOKEN_ENV))
+    _print_release(*release_step(_settings(), dry_run=dry_run), verb="would" if dry_run else "did")
+
+
 def print_json(payload: Any) -> None:
     console.print_json(json.dumps(payload, default=str))
 

@@ -222,6 +222,41 @@ class RetrainSettings(_Section):
     gate_confidence: float = Field(0.95, gt=0.5, lt=1.0)
 
 
+class ReleaseSettings(_Section):
+    """The release controller (``retrain/release.py``): shadow, canary steps, promotion, rollback.
+
+    The test is ``eval.sequential`` on matured labels; margins are non-inferiority tolerances
+    (challenger minus champion, per job). Guardrails compare the challenger's own rows with the
+    champion's over the same period.
+    """
+
+    canary_steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5])
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    #: Matured jobs per metric before the test may decide; the sequence is tightest at ``target_samples``.
+    min_samples: int = Field(default=200, ge=2)
+    target_samples: int = Field(default=2000, ge=1)
+    #: At the last step, a test still undecided after this many jobs is rolled back as inconclusive.
+    max_samples: int = Field(default=50_000, ge=1)
+    eta_margin_minutes: float = Field(default=0.25, ge=0.0)
+    acceptance_margin: float = Field(default=0.01, ge=0.0)
+    #: Challenger requests (shadow or served) at a step before moving on from it.
+    min_requests_per_step: int = Field(default=2000, ge=1)
+    #: Requests per arm before a guardrail or the arm's burn rate is evaluated.
+    min_guardrail_requests: int = Field(default=200, ge=1)
+    #: p99 latency trips above max(the latency SLO threshold, champion p99 x (1 + tolerance)).
+    latency_tolerance: float = Field(default=0.2, ge=0.0)
+    #: Error/timeout and fallback shares trip above the champion's plus these (absolute).
+    error_share_tolerance: float = Field(default=0.005, ge=0.0)
+    fallback_share_tolerance: float = Field(default=0.01, ge=0.0)
+    #: A newly promoted champion is watched (burn rate, rollback) this long.
+    probation_hours: float = Field(default=24.0, ge=0.0)
+    #: Label maturity: ``eval.labels.completeness_watermark`` with this horizon and completeness.
+    label_horizon_hours: float = Field(default=12.0, gt=0.0)
+    label_completeness: float = Field(default=0.95, gt=0.0, le=1.0)
+    #: Bin width of the per-arm burn-rate series (``eval.burn_rate.alert_levels``).
+    burn_bin_seconds: int = Field(default=300, ge=1)
+
+
 class Settings(_Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     world: WorldSettings = Field(default_factory=WorldSettings)
@@ -232,6 +267,7 @@ class Settings(_Section):
     slo: SloSettings = Field(default_factory=SloSettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    release: ReleaseSettings = Field(default_factory=ReleaseSettings)
 
 
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ assembled here from the same models that validate requests, and cannot drift fro
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from pydantic import BaseModel
@@ -15,6 +16,24 @@ from contracts.scoring import EXAMPLE_SCORE_REQUEST, SCORE_PATH, ScoreRequest, S
 
 ADMIN_TRAFFIC_PATH = "/v1/admin/traffic"
 ADMIN_ROLLBACK_PATH = "/v1/admin/rollback"
+#: The admin token the serving processes (and ``dispatchml release step``) accept; no default.
+ADMIN_TOKEN_ENV = "DISPATCHML_ADMIN_TOKEN"
+
+
+class AdminAuthError(Exception):
+    """An admin action refused: ``status`` 403 when admin is disabled, 401 for a wrong token."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
+def check_admin_token(authorization: str, admin_token: str | None) -> None:
+    """Accept ``Authorization: Bearer <admin_token>`` (constant-time compare) or raise :class:`AdminAuthError`."""
+    if not admin_token:
+        raise AdminAuthError(403, "admin_disabled", f"set {ADMIN_TOKEN_ENV} on the serving processes to enable admin actions")
+    if not hmac.compare_digest(authorization.encode(), f"Bearer {admin_token}".encode()):
+        raise AdminAuthError(401, "unauthorized", "missing or wrong admin token")
 
 
 class TrafficChange(BaseModel):

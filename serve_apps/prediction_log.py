@@ -60,6 +60,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from contracts.prediction_log import (
+    DEDUPE_KEY,
     PARTITION_COLUMN,
     PREDICTION_LOG,
     deduplicate,
@@ -398,11 +399,14 @@ class PredictionLogWriter:
         return highest + 1
 
 
-def read_prediction_log(root: Path | str, start: datetime | None = None, end: datetime | None = None) -> pa.Table:
+def read_prediction_log(
+    root: Path | str, start: datetime | None = None, end: datetime | None = None, columns: list[str] | None = None
+) -> pa.Table:
     """Committed rows with ``start <= requested_at < end``, de-duplicated on ``DEDUPE_KEY``.
 
     Only ``part-*.parquet`` files are read, never ``.tmp`` files. Columns missing from older files
-    (a feature added to the catalogue since) read as nulls.
+    (a feature added to the catalogue since) read as nulls. ``columns`` reads only those (plus
+    what de-duplication needs), which skips the feature vectors when they are not wanted.
     """
     for name, bound in (("start", start), ("end", end)):
         if bound is not None and bound.utcoffset() is None:
@@ -424,7 +428,9 @@ def read_prediction_log(root: Path | str, start: datetime | None = None, end: da
     if end is not None:
         before_end = ds.field(PARTITION_COLUMN) < pa.scalar(end, type=PREDICTION_LOG.field(PARTITION_COLUMN).type)
         predicate = before_end if predicate is None else predicate & before_end
-    return deduplicate(dataset.to_table(filter=predicate))
+    if columns is not None:
+        columns = list(dict.fromkeys([*columns, *DEDUPE_KEY, "logged_at"]))
+    return deduplicate(dataset.to_table(filter=predicate, columns=columns))
 
 
 def partition_dir(root: Path, day: date) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import os
 import threading
@@ -57,7 +56,16 @@ from serve_apps.cells import CellIndex, OutsideServiceAreaError
 from serve_apps.features import FeatureCache, feast_loader, with_deadline
 from serve_apps.metrics import ServingMetrics
 from serve_apps.model_server import AliasFollower, fallback_scores
-from serve_apps.openapi import ADMIN_ROLLBACK_PATH, ADMIN_TRAFFIC_PATH, RollbackRequest, TrafficChange, openapi_document
+from serve_apps.openapi import (
+    ADMIN_ROLLBACK_PATH,
+    ADMIN_TOKEN_ENV,
+    ADMIN_TRAFFIC_PATH,
+    AdminAuthError,
+    RollbackRequest,
+    TrafficChange,
+    check_admin_token,
+    openapi_document,
+)
 from serve_apps.prediction_log import PredictionLogWriter
 from serve_apps.providers import ProviderDirectory
 from serve_apps.pseudonym import KeyRing
@@ -83,7 +91,6 @@ from serve_apps.traffic_state import (
 
 log = logging.getLogger("ray.serve")
 
-ADMIN_TOKEN_ENV = "DISPATCHML_ADMIN_TOKEN"
 #: Deadline for a model call; the rest of the 120 ms budget is parsing, features and logging.
 MODEL_DEADLINE_S = 0.06
 FALLBACK_DEADLINE_S = 0.03
@@ -453,12 +460,10 @@ class DispatchRouter:
     # -- admin --------------------------------------------------------------------------------------------
 
     def _authorised(self, request: Request) -> Response | None:
-        if self.admin_token is None:
-            return problem(403, "admin_disabled", detail=f"set {ADMIN_TOKEN_ENV} on the serving processes to enable admin actions")
-        supplied = request.headers.get("authorization", "")
-        expected = f"Bearer {self.admin_token}"
-        if not hmac.compare_digest(supplied.encode(), expected.encode()):
-            return problem(401, "unauthorized", detail="missing or wrong admin token")
+        try:
+            check_admin_token(request.headers.get("authorization", ""), self.admin_token)
+        except AdminAuthError as exc:
+            return problem(exc.status, exc.error, detail=exc.detail)
         return None
 
     async def admin(self, request: Request, path: str) -> Response:

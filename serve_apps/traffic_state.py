@@ -93,15 +93,24 @@ def change_traffic(
     challenger_weight: float | None = None,
     shadow: bool | None = None,
     canary: str | None = None,
+    canary_steps: tuple[float, ...] | None = None,
     changed_by: str,
     reason: str,
 ) -> TrafficState:
-    """Apply a change, validated against the live aliases, and persist it; raises ValueError."""
+    """Apply a change, validated against the live aliases, and persist it; raises ValueError.
+
+    ``canary_steps`` replaces the ramp before ``canary`` moves along it (only off the ramp).
+    """
     registry = ModelRegistry(registry_root)
     state = read_state(registry_root)
     policy = live_policy(registry, state)
     if policy is None:
         raise ValueError("dispatch@champion is not set; register and promote a version first")
+    if canary_steps is not None:
+        if policy.canary_step is not None:
+            raise ValueError(f"the canary is at step {policy.canary_step}; roll it back before changing the steps")
+        policy = TrafficPolicy.model_validate({**policy.model_dump(), "canary_steps": tuple(canary_steps)})
+        state.canary_steps = policy.canary_steps
     if canary == "advance":
         policy = policy.advance()
     elif canary == "rollback":

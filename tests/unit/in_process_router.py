@@ -112,13 +112,22 @@ class _Remote:
 
 
 class FakeDispatchHandle:
-    """``score_batch.remote(matrices)`` like ``DispatchModelServer``."""
+    """``score_batch.remote(matrices)`` like ``DispatchModelServer``; ``eta_bias`` minutes makes a worse model."""
 
-    def __init__(self, distance_column: int) -> None:
-        self.score_batch = _Remote(lambda matrices: [
-            _scores(m[:, distance_column].astype(np.float64), {"dispatch": "dispatch-v1", "eta": "eta-v1", "acceptance": "acceptance-v1"})
-            for m in matrices
-        ])
+    def __init__(self, distance_column: int, version: str = "dispatch-v1", eta_bias: float = 0.0) -> None:
+        self.distance_column, self.version, self.eta_bias = distance_column, version, eta_bias
+        self.score_batch = _Remote(lambda matrices: [self.score(m) for m in matrices])
+
+    def current(self) -> tuple[str, float]:
+        """The version that scores and its ETA bias (a subclass may follow a registry alias)."""
+        return self.version, self.eta_bias
+
+    def score(self, matrix: np.ndarray) -> dict[str, Any]:
+        version, eta_bias = self.current()
+        scores = _scores(matrix[:, self.distance_column].astype(np.float64), {"dispatch": version, "eta": "eta-v1", "acceptance": "acceptance-v1"})
+        for name in ("eta_minutes", "eta_low", "eta_high"):
+            scores[name] = scores[name] + eta_bias
+        return scores
 
 
 class FakeFallbackHandle:
@@ -175,11 +184,20 @@ class InProcessRouter:
 
 
 @contextmanager
-def in_process_router(root: Path, *, admin_token: str | None = ADMIN_TOKEN, keys: str = PSEUDONYM_KEY_K1) -> Iterator[InProcessRouter]:
+def in_process_router(
+    root: Path,
+    *,
+    admin_token: str | None = ADMIN_TOKEN,
+    keys: str = PSEUDONYM_KEY_K1,
+    champion: FakeDispatchHandle | None = None,
+    challenger: FakeDispatchHandle | None = None,
+) -> Iterator[InProcessRouter]:
     """A router over a world under ``root`` (made on first use, so a second router on the same
-    root is a restart); closes its prediction log on exit."""
+    root is a restart); closes its prediction log on exit. ``champion`` and ``challenger`` replace
+    the model deployments (by default both score as ``dispatch-v1``)."""
     settings = Settings.model_validate({"paths": {"root": root, "data": root / "data", "registry": root / "registry",
-                                                  "feature_store": root / "feature_store", "reports": root / "reports"}})
+                                                  "feature_store": root / "feature_store", "reports": root / "reports",
+                                                  "events": root / "events"}})
     _world(settings.paths.data)
     _registry(settings.paths.registry)
     env = {KEYS_ENV: keys, ADMIN_TOKEN_ENV: admin_token}
@@ -191,8 +209,8 @@ def in_process_router(root: Path, *, admin_token: str | None = ADMIN_TOKEN, keys
                 patch.setenv(name, value)
         patch.delenv("DISPATCHML_PSEUDONYM_KEYS_FILE", raising=False)
         patch.setattr(FeatureRefresher, "start", lambda self: None)  # no Feast: features are loaded below
-        router = DispatchRouter.func_or_class(settings.model_dump(mode="json"), FakeDispatchHandle(_DISTANCE),
-                                              FakeDispatchHandle(_DISTANCE), FakeFallbackHandle(), replica_tag="in-process")
+        router = DispatchRouter.func_or_class(settings.model_dump(mode="json"), champion or FakeDispatchHandle(_DISTANCE),
+                                              challenger or FakeDispatchHandle(_DISTANCE), FakeFallbackHandle(), replica_tag="in-process")
     _load_features(router)
     try:
         yield InProcessRouter(router, settings)

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from in_process_router import ADMIN_TOKEN, PSEUDONYM_KEY_K1, PSEUDONYM_KEY_K2, InProcessRouter, in_process_router
 
-import serve_apps.router as router_module
+import serve_apps.openapi as admin_module  # where the admin token check lives
 from cluster.config import DEFAULT_CONFIG, Settings, load_settings
 from contracts.scoring import SCORE_PATH
 from serve_apps.prediction_log import read_prediction_log
@@ -180,7 +180,7 @@ def test_admin_compares_tokens_in_constant_time(router: InProcessRouter, monkeyp
         compared.append((a, b))
         return constant_time(a, b)
 
-    monkeypatch.setattr(router_module.hmac, "compare_digest", compare_digest)
+    monkeypatch.setattr(admin_module.hmac, "compare_digest", compare_digest)
     assert router.request("POST", "/v1/admin/traffic", json={}, headers={"authorization": "Bearer guess"}).status_code == 401
     assert compared == [(b"Bearer guess", f"Bearer {ADMIN_TOKEN}".encode())]
 
