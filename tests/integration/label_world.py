@@ -63,8 +63,12 @@ def unit_change_feed(at_day: int) -> Scenario:
     return scenario.model_copy(update={"incidents": [i.model_copy(update={"start_day": float(at_day)}) for i in scenario.incidents]})
 
 
-def build_label_world(root: Path, *, incidents: bool = True) -> LabelWorld:
-    """The world above; ``incidents=False`` is its control: same seed and size, no scenario at all."""
+def build_label_world(root: Path, *, incidents: bool = True, replay: bool = True) -> LabelWorld:
+    """The world above; ``incidents=False`` is its control: same seed and size, no scenario at all.
+
+    ``replay=False`` leaves the prediction log empty, for a caller that serves the days itself
+    (the closed-loop test replays them step by step).
+    """
     options = DemoOptions(workdir=root, days=DAYS, events_per_day=5_000, cells=480, regions=24, providers=1_200, seed=7, start=START, max_training_rows=20_000, num_boost_round=40)
     base = demo_settings(Settings(), options)
     # One LightGBM thread: on a loaded 2-core machine two OpenMP threads spin and fit ~10x slower.
@@ -87,5 +91,5 @@ def build_label_world(root: Path, *, incidents: bool = True) -> LabelWorld:
     rows = replay_served_log(
         Path(settings.paths.data), Path(settings.paths.registry), log_root, replay_start, end,
         feed_scenario=unit_change_feed(INCIDENT_DAY) if incidents else None, sim_start=sim_start,
-    )
+    ) if replay else 0
     return LabelWorld(settings, sim_start, replay_start, end, log_root, rows)

@@ -73,3 +73,8 @@ def test_segment_overlap_and_bad_policy() -> None:
     assert not segments_overlap({"region_id": 3}, {"region_id": 4})
     with pytest.raises(ValidationError):
         Policy.model_validate({"rules": [{"name": "r", "match": {"kinds": ["nonsense"]}, "actions": ["retrain"], "why": "w"}]})
+
+
+def test_other_incidents_clearing_are_recorded_without_action() -> None:
+    cleared = _event("drift", severity="ticket", state="resolved", subject="cell_traffic__speed_kmh")
+    assert [(d.action, d.status, d.rule) for d in decide(POLICY, [cleared], [])] == [("none", "suggested", "incident-cleared")]
