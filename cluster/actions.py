@@ -27,13 +27,12 @@ from pathlib import Path
 
 from cluster.event_log import EventLog
 from contracts.events import ActionRecord, Event, EvidenceValue
-from contracts.features import FEATURE_GROUPS, REQUEST_FEATURES
+from contracts.features import REQUEST_FEATURES, group
 from retrain.policy import Decision, Policy, decide
 from serve_apps.traffic_state import lift_quarantine, quarantine_group
 
 #: ``retrain(event) -> detail`` (e.g. the registered candidate's version); raises on failure.
 RetrainFn = Callable[[Event], dict[str, EvidenceValue]]
-_GROUP_NAMES = {g.name for g in FEATURE_GROUPS}
 _REQUEST_FEATURES = frozenset(REQUEST_FEATURES)
 
 
@@ -79,10 +78,10 @@ class Executor:
 
 def feature_group_of(subject: str) -> str:
     """The feature group a data-quality subject names: the group itself or ``<group>__<feature>``."""
-    name = subject.split("__", 1)[0]
-    if name not in _GROUP_NAMES:
-        raise ActionError(f"'{subject}' names no feature group of contracts/features.py; cannot quarantine it")
-    return name
+    try:
+        return group(subject.split("__", 1)[0]).name
+    except KeyError:
+        raise ActionError(f"'{subject}' names no feature group of contracts/features.py; cannot quarantine it") from None
 
 
 def _as_list(value: object) -> list:
