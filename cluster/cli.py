@@ -314,6 +314,20 @@ class _RichReporter:
         task = self.bar.add_task(label, total=total)
         return lambda done, _total: self.bar.update(task, completed=done)
 
+    def live_started(self, settings: Any) -> None:
+        self.bar.stop()
+
+    def loop_step(self, step: Any) -> None:
+        for event in step.events:
+            if event.state == "firing" and event.severity == "page":
+                segment = ", ".join(f"{k}={v}" for k, v in sorted(event.segment.items()))
+                console.print(f"[bold red]page[/bold red] {event.observed_at:%H:%M} {event.kind} {segment} {event.subject}")
+        for action in step.actions:
+            console.print(f"[bold yellow]action[/bold yellow] {action.decided_at:%H:%M} {action.action} {action.status}: {action.reason}")
+
+    def live_finished(self) -> None:
+        self.bar.start()
+
 
 @app.command()
 @command
@@ -325,9 +339,15 @@ def demo(
     regions: Annotated[int, typer.Option(min=1)] = 12,
     providers: Annotated[int, typer.Option(min=100)] = 8_000,
     seed: Annotated[int, typer.Option()] = 7,
-    scenario: Annotated[Path | None, typer.Option(help="Incident scenario YAML for the simulated history.")] = None,
+    scenario: Annotated[Path | None, typer.Option(help="Incident scenario YAML (start_day from the first simulated day; default scenarios/live_day.yaml on the live day).")] = None,
+    live: Annotated[bool, typer.Option(help="Replay the day after the history through the running service.")] = True,
+    live_hours: Annotated[float, typer.Option(min=1.0, max=24.0, help="Simulated hours of the live replay.")] = 24.0,
+    speed: Annotated[float, typer.Option(min=1.0, help="Simulated seconds per wall second of the live replay.")] = 240.0,
+    outage_hour: Annotated[float | None, typer.Option(help="Hour of the live day the online store goes down (omit with --no-outage).")] = 14.0,
+    outage: Annotated[bool, typer.Option(help="Take the online store down for an hour of the live day.")] = True,
+    keep_running: Annotated[bool, typer.Option(help="Leave the service up after the live day (dispatchml serve down stops it).")] = False,
 ) -> None:
-    """Run the foundation end to end: simulate, features apply/materialize, train, register."""
+    """A day in the life: simulate, features, train and register, then a live day through the running service."""
     from cluster.demo import DemoOptions, run_demo
 
     settings = _settings()
@@ -340,6 +360,11 @@ def demo(
         providers=providers,
         seed=seed,
         scenario=scenario,
+        live=live,
+        live_hours=live_hours,
+        speed=speed,
+        outage_hour=outage_hour if outage else None,
+        keep_running=keep_running,
     )
     with progress_bar() as bar:
         result = run_demo(settings, options, _RichReporter(bar))
@@ -350,7 +375,27 @@ def demo(
     print_table("aliases", ["family@alias", "version"], [[k, v] for k, v in result.aliases.items()])
     print_table("timings", ["step", "seconds"], [[k, f"{v:.1f}"] for k, v in result.seconds.items()])
     console.print(f"registry: {result.settings.paths.registry}")
+    if result.live is not None:
+        report_live_day(result.live)
     console.print(f"explore: dispatchml --config {result.config_path} models list")
+
+
+def report_live_day(result) -> None:
+    from cluster.live_day import summarize
+
+    s = summarize(result)
+    console.print(f"\n[bold]live day[/bold] {result.start:%Y-%m-%d %H:%M}..{result.end:%H:%M} simulated in {result.wall_seconds:.0f} s of wall time")
+    print_table("requests", ["requests", "failed", "p50 ms", "p99 ms", "arms", "degraded"], [[
+        f"{s.requests:,}", str(s.failed), f"{s.p50_ms:.0f}", f"{s.p99_ms:.0f}",
+        ", ".join(f"{arm} {share:.1%}" for arm, share in s.arm_share.items()), f"{s.degraded_share:.1%}",
+    ]])
+    if result.outage is not None:
+        console.print(f"online-store outage {result.outage[0]:%H:%M}-{result.outage[1]:%H:%M}: {s.outage_requests:,} requests, "
+                      f"{s.outage_failed} failed, {s.outage_fallback_share:.0%} served by the fallback")
+    print_table("events (firing)", ["at", "kind", "severity", "segment", "subject"], [list(e) for e in s.events] or [["-"] * 5])
+    print_table("actions", ["at", "action", "status", "reason"], [list(a) for a in s.actions] or [["-"] * 4])
+    console.print(f"prediction log: {Path(result.settings.paths.root) / 'prediction_log'}")
+    console.print(f"event log: {result.settings.paths.events} (dispatchml --config {Path(result.settings.paths.root) / 'dispatchml.yaml'} incidents --all)")
 
 
 @app.command()

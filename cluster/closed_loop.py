@@ -56,6 +56,37 @@ class LoopStep:
     quarantined: tuple[str, ...]
 
 
+class LoopRunner:
+    """Steps 2-4 (monitor, decide and act, release) once per call, on whatever served the window.
+
+    ``run_closed_loop`` serves in-process; the live replay (``cluster/live_day.py``) lets the
+    running service serve and calls :meth:`step` on the simulated clock.
+    """
+
+    def __init__(self, settings: Settings, *, retrain: RetrainFn | None = None, policy: Policy | None = None) -> None:
+        self.settings = settings
+        self.policy = policy or Policy.load(DEFAULT_POLICY)
+        self.registry_root = Path(settings.paths.registry)
+        self.monitor, self.events = Monitor(settings), EventLog(settings.paths.events)
+        self.executor = Executor(self.registry_root, retrain=retrain)
+        self.registry = ModelRegistry(self.registry_root)
+
+    def step(self, start: datetime, until: datetime, logged_rows: int) -> LoopStep:
+        passed = self.monitor.run_pass(until)
+        actions = apply_policy(self.events, self.policy, self.executor, now=until)
+        _, decision = release_step(self.settings, as_of=until)
+        champion = self.registry.alias("dispatch", "champion")
+        challenger = self.registry.alias("dispatch", "challenger")
+        return LoopStep(
+            start=start, end=until, logged_rows=logged_rows, events=tuple(passed.events), actions=tuple(actions),
+            release=decision.code, release_reason=decision.reason,
+            champion=champion.version if champion else "",
+            challenger=challenger.version if challenger and champion and challenger.version != champion.version else None,
+            challenger_weight=read_state(self.registry_root).challenger_weight,
+            quarantined=tuple(sorted({e.feature_group for e in read_quarantine(self.registry_root).entries})),
+        )
+
+
 def run_closed_loop(
     settings: Settings,
     start: datetime,
@@ -71,30 +102,15 @@ def run_closed_loop(
     """Run the loop from ``start`` to ``end`` in steps of ``step``; returns one record per step."""
     if step <= timedelta(0) or start >= end:
         raise ValueError(f"need start < end and a positive step, got {start} .. {end} by {step}")
-    policy = policy or Policy.load(DEFAULT_POLICY)
-    data_root, registry_root = Path(settings.paths.data), Path(settings.paths.registry)
+    runner = LoopRunner(settings, retrain=retrain, policy=policy)
+    data_root = Path(settings.paths.data)
     log_root = Path(settings.paths.root) / "prediction_log"
-    monitor, events = Monitor(settings), EventLog(settings.paths.events)
-    executor = Executor(registry_root, retrain=retrain)
-    registry = ModelRegistry(registry_root)
     steps: list[LoopStep] = []
     t = start
     while t < end:
         until = min(t + step, end)
-        rows = replay_served_log(data_root, registry_root, log_root, t, until, feed_scenario=feed_scenario, sim_start=sim_start)
-        passed = monitor.run_pass(until)
-        actions = apply_policy(events, policy, executor, now=until)
-        _, decision = release_step(settings, as_of=until)
-        champion = registry.alias("dispatch", "champion")
-        challenger = registry.alias("dispatch", "challenger")
-        record = LoopStep(
-            start=t, end=until, logged_rows=rows, events=tuple(passed.events), actions=tuple(actions),
-            release=decision.code, release_reason=decision.reason,
-            champion=champion.version if champion else "",
-            challenger=challenger.version if challenger and champion and challenger.version != champion.version else None,
-            challenger_weight=read_state(registry_root).challenger_weight,
-            quarantined=tuple(sorted({e.feature_group for e in read_quarantine(registry_root).entries})),
-        )
+        rows = replay_served_log(data_root, runner.registry_root, log_root, t, until, feed_scenario=feed_scenario, sim_start=sim_start)
+        record = runner.step(t, until, rows)
         steps.append(record)
         if on_step is not None:
             on_step(record)

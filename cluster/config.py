@@ -10,6 +10,7 @@ Environment overrides use ``DISPATCHML__SECTION__FIELD=value`` (double underscor
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +91,15 @@ class ServingSettings(_Section):
     #: Prediction-log rows a router replica holds while the log disk refuses writes; past it,
     #: new requests' rows are refused whole and counted (``prediction_log_rows_dropped``).
     log_max_backlog_rows: int = 200_000
+    #: The replica's near-real-time feature cache reloads the entities requested since its last
+    #: reload every ``nrt_refresh_s`` and every entity every ``nrt_full_refresh_s`` (wall seconds).
+    nrt_refresh_s: float = Field(5.0, gt=0.0)
+    nrt_full_refresh_s: float = Field(60.0, gt=0.0)
+    #: Replays only (``dispatchml demo``): the service's clock runs ``replay_speed`` times the wall
+    #: clock from the simulated instant ``replay_start`` once the replay starts it
+    #: (``serve_apps.clock``). 1, the default, is the wall clock.
+    replay_speed: float = Field(1.0, ge=1.0)
+    replay_start: datetime | None = None
 
 
 class ServiceSlo(_Section):

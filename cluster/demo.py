@@ -11,12 +11,14 @@ fits in minutes on two cores; ``--events-per-day`` and the world options scale i
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -26,6 +28,15 @@ from retrain.pipeline import TrainingRun, train_from_warehouse
 from retrain.registry import ModelRegistry
 from simulator.run import Manifest, SimulationSpec, simulate
 from simulator.scenarios import Scenario
+
+if TYPE_CHECKING:
+    from cluster.closed_loop import LoopStep
+    from cluster.live_day import LiveDayResult
+
+REPO = Path(__file__).resolve().parents[1]
+#: The live day's default incidents; their ``start_day`` counts from the live day.
+LIVE_SCENARIO = REPO / "scenarios" / "live_day.yaml"
+LIVE_SCENARIO_DAY = 0
 
 
 @dataclass
@@ -38,7 +49,18 @@ class DemoOptions:
     providers: int = 8_000
     seed: int = 7
     start: date = date(2026, 1, 1)
+    #: Incidents (``start_day`` from the first simulated day). Default: ``scenarios/live_day.yaml``,
+    #: moved with ``days`` so that its incidents stay on the live day.
     scenario: Path | None = None
+    #: Replay the day after the history through the running service (``cluster/live_day.py``).
+    live: bool = True
+    live_hours: float = 24.0
+    #: Simulated seconds per wall second of the live replay.
+    speed: float = 240.0
+    #: The online store goes down at this hour of the live day for ``outage_minutes`` (None: never).
+    outage_hour: float | None = 14.0
+    outage_minutes: float = 60.0
+    keep_running: bool = False
     #: Smaller LightGBM budget than production so that training takes about a minute here.
     max_training_rows: int = 150_000
     num_boost_round: int = 150
@@ -52,6 +74,7 @@ class DemoResult:
     aliases: dict[str, str]
     config_path: Path
     seconds: dict[str, float] = field(default_factory=dict)
+    live: LiveDayResult | None = None
 
 
 class Reporter:
@@ -61,6 +84,13 @@ class Reporter:
 
     def progress(self, label: str, total: int) -> Callable[[int, int], None]:
         return lambda done, total: None
+
+    def live_started(self, settings: Settings) -> None:
+        """The live day is about to deploy the service (``settings`` say where it listens)."""
+
+    def loop_step(self, step: LoopStep) -> None: ...
+
+    def live_finished(self) -> None: ...
 
 
 def demo_settings(base: Settings, options: DemoOptions) -> Settings:
@@ -99,10 +129,16 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
     config_path.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     seconds: dict[str, float] = {}
 
+    scenario = Scenario.load(options.scenario or LIVE_SCENARIO)
+    if options.scenario is None:
+        scenario = scenario.shifted(options.days - LIVE_SCENARIO_DAY)
+    world_scenario, feed_scenario = scenario.split_feed()
+    live_days = math.ceil(options.live_hours / 24.0) if options.live else 0
+
     t = time.perf_counter()
     spec = SimulationSpec(
         out=Path(settings.paths.data),
-        days=options.days,
+        days=options.days + live_days,
         events_per_day=options.events_per_day,
         seed=options.seed,
         start=options.start,
@@ -110,9 +146,9 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
         regions=options.regions,
         providers=options.providers,
         candidates_per_job=settings.world.candidates_per_job,
-        scenario=Scenario.load(options.scenario),
+        scenario=world_scenario,
     )
-    manifest = simulate(spec, progress=report.progress("simulate", options.days * 24))
+    manifest = simulate(spec, progress=report.progress("simulate", spec.days * 24))
     seconds["simulate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -134,7 +170,7 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
     seconds["materialize"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    training = train_from_warehouse(settings, set_alias="champion", lineage={"trigger": "demo"}, step=report.step)
+    training = train_from_warehouse(settings, as_of=end, set_alias="champion", lineage={"trigger": "demo"}, step=report.step)
     seconds["train + register"] = time.perf_counter() - t
 
     registry = ModelRegistry(settings.paths.registry)
@@ -147,4 +183,33 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
         for alias in ("champion", "challenger", "fallback")
         if (record := registry.alias(family, alias)) is not None
     }
-    return DemoResult(settings, manifest, training, aliases, config_path, seconds)
+    result = DemoResult(settings, manifest, training, aliases, config_path, seconds)
+    if options.live:
+        t = time.perf_counter()
+        result.live = _live_day(settings, options, start, end, feed_scenario, report)
+        seconds["live day"] = time.perf_counter() - t
+    return result
+
+
+def _live_day(settings: Settings, options: DemoOptions, sim_start: datetime, start: datetime, feed: Scenario, report: Reporter) -> LiveDayResult:
+    from cluster.live_day import LiveDayOptions, run_live_day
+    from retrain.pipeline import retrainer
+
+    # A retrain the demo can wait for: two trials, a short window (the policy decides whether).
+    budget = settings.model_copy(update={"retrain": settings.retrain.model_copy(update={"trials": 2, "max_boost_round": 120, "recent_days": 7, "history_days": 14})})
+
+    def retrain(event):
+        return retrainer(budget, as_of=event.observed_at)(event)
+
+    live = LiveDayOptions(
+        speed=options.speed,
+        outage_start=None if options.outage_hour is None else timedelta(hours=options.outage_hour),
+        outage_for=timedelta(minutes=options.outage_minutes),
+        feed_scenario=feed, sim_start=sim_start, retrain=retrain, keep_running=options.keep_running,
+    )
+    end = start + timedelta(hours=options.live_hours)
+    report.live_started(settings)
+    try:
+        return run_live_day(settings, start, end, live, on_step=report.loop_step, say=report.step)
+    finally:
+        report.live_finished()

@@ -154,14 +154,20 @@ async def _send(client, url: str, job: Job, started: float) -> Answer:
     )
 
 
-async def run_load(base_url: str, jobs: Sequence[Job], rate: float, timeout_s: float = 10.0, started: float | None = None) -> list[Answer]:
+async def run_load(
+    base_url: str, jobs: Sequence[Job], rate: float, timeout_s: float = 10.0, started: float | None = None, offsets: Sequence[float] | None = None
+) -> list[Answer]:
     """Send ``jobs`` to ``POST {base_url}/v1/dispatch/score`` at ``rate`` per second, open loop.
 
     Bounded: ``len(jobs)`` requests, each with ``timeout_s``; the run ends by itself after
     ``len(jobs) / rate + timeout_s`` seconds at most. A transport error or timeout is an answer
     with status 0. ``started`` (a ``time.monotonic()`` value, the same clock in every process of
-    this machine) lets a caller share the clock and start the schedule later.
+    this machine) lets a caller share the clock and start the schedule later. ``offsets``
+    (seconds after ``started``, non-decreasing, one per job) replaces the fixed rate by a
+    schedule: a replay sends each job when its simulated request time comes.
     """
+    if offsets is not None and len(offsets) != len(jobs):
+        raise ValueError(f"{len(offsets)} offsets for {len(jobs)} jobs")
     import httpx
 
     if not base_url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -172,7 +178,7 @@ async def run_load(base_url: str, jobs: Sequence[Job], rate: float, timeout_s: f
         t0 = time.monotonic() if started is None else started
         tasks = []
         for i, job in enumerate(jobs):
-            delay = t0 + i / rate - time.monotonic()
+            delay = t0 + (i / rate if offsets is None else offsets[i]) - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             tasks.append(asyncio.create_task(_send(client, url, job, t0)))
@@ -195,9 +201,9 @@ class LoadProcess:
         self._process = context.Process(target=_serve_loads, args=(child,), name="load-generator", daemon=True)
         self._process.start()
 
-    def start(self, base_url: str, jobs: Sequence[Job], rate: float, started: float, timeout_s: float = 10.0) -> None:
+    def start(self, base_url: str, jobs: Sequence[Job], rate: float, started: float, timeout_s: float = 10.0, offsets: Sequence[float] | None = None) -> None:
         """Begin a run whose schedule starts at ``started`` (``time.monotonic()``)."""
-        self._conn.send((base_url, list(jobs), rate, started, timeout_s))
+        self._conn.send((base_url, list(jobs), rate, started, timeout_s, None if offsets is None else list(offsets)))
 
     def answers(self) -> list[Answer]:
         """The answers of the run begun last; blocks until it ends."""
@@ -215,9 +221,9 @@ class LoadProcess:
 
 def _serve_loads(conn) -> None:
     while (request := conn.recv()) is not None:
-        base_url, jobs, rate, started, timeout_s = request
+        base_url, jobs, rate, started, timeout_s, offsets = request
         try:
-            conn.send(asyncio.run(run_load(base_url, jobs, rate, timeout_s, started)))
+            conn.send(asyncio.run(run_load(base_url, jobs, rate, timeout_s, started, offsets)))
         except Exception as exc:  # noqa: BLE001 - handed to the caller, who raises it
             conn.send(exc)
 

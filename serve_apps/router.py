@@ -25,7 +25,6 @@ import os
 import threading
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,7 @@ from retrain.registry import ModelRegistry, RegistryError
 from serve_apps.batching import HandleBatcher
 from serve_apps.breaker import BreakerSet, CircuitBreaker
 from serve_apps.cells import CellIndex, OutsideServiceAreaError
+from serve_apps.clock import ServiceClock
 from serve_apps.features import FeatureCache, feast_loader, with_deadline
 from serve_apps.metrics import ServingMetrics
 from serve_apps.model_server import AliasFollower, fallback_scores
@@ -95,8 +95,6 @@ log = logging.getLogger("ray.serve")
 MODEL_DEADLINE_S = 0.06
 FALLBACK_DEADLINE_S = 0.03
 POLICY_POLL_S = 1.0
-NRT_REFRESH_S = 5.0
-NRT_FULL_REFRESH_S = 60.0
 BATCH_REFRESH_S = 300.0
 def _group_columns() -> dict[str, slice]:
     """Each stored group's columns in the model matrix (groups first, in catalogue order)."""
@@ -166,7 +164,7 @@ class HotEntities:
 
 class FeatureRefresher:
     """Background loads of the cache: requested near-real-time entities every few seconds, all of
-    them every minute, batch groups every few minutes."""
+    them every minute (``serving.nrt_*``), batch groups every few minutes."""
 
     def __init__(self, cache: FeatureCache, settings: Settings, entity_ids: dict[str, np.ndarray], metrics: ServingMetrics) -> None:
         self.cache, self.settings, self.entity_ids, self.metrics = cache, settings, entity_ids, metrics
@@ -208,8 +206,9 @@ class FeatureRefresher:
             self.refresh()
             self.loaded_once.set()
             last_batch = last_full = time.monotonic()
-            while not self._stop.wait(NRT_REFRESH_S):
-                if time.monotonic() - last_full > NRT_FULL_REFRESH_S:
+            serving = self.settings.serving
+            while not self._stop.wait(serving.nrt_refresh_s):
+                if time.monotonic() - last_full > serving.nrt_full_refresh_s:
                     self.hot.drain()
                     self.refresh("near_real_time")
                     last_full = time.monotonic()
@@ -235,7 +234,8 @@ class DispatchRouter:
         self.providers = ProviderDirectory.from_parquet(world_path(data, "providers"))
         self.keys = KeyRing.from_env() if os.environ.get("DISPATCHML_PSEUDONYM_KEYS") or os.environ.get("DISPATCHML_PSEUDONYM_KEYS_FILE") else KeyRing.ephemeral()
         self.metrics = ServingMetrics(price_per_cpu_second=self.settings.serving.price_per_cpu_second)
-        self.cache = FeatureCache()
+        self.clock = ServiceClock.from_settings(self.settings)
+        self.cache = FeatureCache(clock=self.clock.now)
         cells_table = pq.read_table(world_path(data, "cells"), columns=["cell_id", "region_id"])
         entity_ids = {
             "provider": self.providers.ids,
@@ -349,7 +349,7 @@ class DispatchRouter:
         if "json" not in request.headers.get("content-type", "application/json"):
             return problem(415, "unsupported_media_type", detail="send application/json")
         body = await request.body()
-        now = datetime.now(UTC)
+        now = self.clock.datetime()
         try:
             parsed = parse_score_request(body, now)
         except RequestTooLargeError as exc:

@@ -140,6 +140,22 @@ class Scenario(BaseModel):
             raise FileNotFoundError(f"scenario file {path} does not exist")
         return cls.model_validate(yaml.safe_load(path.read_text()) or {})
 
+    def split_feed(self) -> tuple[Scenario, Scenario]:
+        """(what happens to the world, what only the live feed gets wrong).
+
+        A live replay simulates the warehouse with the first and applies the second
+        (``unit_change``) only to what the feed pushes, so serving reads the bug while the
+        warehouse, rebuilt from raw data, stays right (``simulator.served_log``).
+        """
+        feed = [i for i in self.incidents if i.kind == "unit_change"]
+        world = [i for i in self.incidents if i.kind != "unit_change"]
+        return self.model_copy(update={"incidents": world}), self.model_copy(update={"incidents": feed})
+
+    def shifted(self, days: float) -> Scenario:
+        """The same incidents ``days`` later (those given by ``start_day``; absolute starts stay)."""
+        moved = [i.model_copy(update={"start_day": i.start_day + days}) if i.start_day is not None else i for i in self.incidents]
+        return self.model_copy(update={"incidents": moved})
+
 
 class ActiveIncidents:
     """Incidents resolved against the simulation start, queried with event times and segments."""

@@ -116,14 +116,15 @@ def read_feed(
     return FeedPushes(keys[order], event_us[order], values[order])
 
 
-def _score_requests(data_root: Path, start: datetime, end: datetime) -> list[ScoreRequest]:
+def score_requests(data_root: Path, start: datetime, end: datetime, candidates: pd.DataFrame | None = None) -> list[ScoreRequest]:
     """The scoring requests dispatch sent for jobs requested in ``[start, end)``, in request order.
 
     The member id and coordinates (PII) are read here because a real request carries them;
     ``prepare_job`` pseudonymises the one and reduces the other to cell and region, as in serving.
     Candidates are listed by provider id (the log's ``candidate_index`` follows that order).
+    ``candidates`` is the window's ``entity_frame`` when the caller has it already.
     """
-    candidates = entity_frame(data_root, start, end)
+    candidates = entity_frame(data_root, start, end) if candidates is None else candidates
     days = sorted({ts.date().isoformat() for ts in candidates["request_ts"]})
     jobs = pd.read_parquet(
         Path(data_root) / "raw" / "requests",
@@ -186,7 +187,7 @@ def replay_served_log(
     keys = keys or KeyRing.ephemeral()
 
     prepared: list[PreparedJob] = []
-    for n, request in enumerate(_score_requests(data_root, start, end)):
+    for n, request in enumerate(score_requests(data_root, start, end)):
         now_us = int(request.requested_at.timestamp() * US)
         for name, push in pushes.items():
             upto = int(np.searchsorted(push.event_us, now_us, side="right"))
