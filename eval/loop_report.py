@@ -125,6 +125,7 @@ class LoopReport:
     incident_regions: list[int]
     weights: pd.DataFrame = field(default_factory=pd.DataFrame)
     labels_as_of: datetime | None = None
+    routing: str = ""
     notes: list[str] = field(default_factory=list)
 
 
@@ -200,7 +201,8 @@ def release_stages(steps: Sequence[LoopStep]) -> pd.DataFrame:
 
     ``stage`` is ``shadow`` (a new challenger scoring off the response path), ``canary N%``,
     ``promote``, ``stopped`` (the challenger went without a promotion: a rollback or a stop),
-    ``quarantine`` or ``lift quarantine``; ``reason`` is the release controller's for that step.
+    ``quarantine`` or ``lift quarantine``; ``reason`` is the release controller's for that step
+    (empty for a quarantine, whose reason is the policy action's on the timeline).
     """
     rows: list[dict] = []
     champion, challenger, weight, quarantined = None, None, 0.0, ()
@@ -218,7 +220,8 @@ def release_stages(steps: Sequence[LoopStep]) -> pd.DataFrame:
             changes.append(("quarantine", f"feature groups {', '.join(sorted(added))} served by the fallback"))
         if lifted:
             changes.append(("lift quarantine", f"feature groups {', '.join(sorted(lifted))} back in service"))
-        rows += [{"time": step.end, "stage": stage, "detail": detail, "reason": step.release_reason} for stage, detail in changes]
+        rows += [{"time": step.end, "stage": stage, "detail": detail, "reason": "" if "quarantine" in stage else step.release_reason}
+                 for stage, detail in changes]
         champion, challenger, weight, quarantined = step.champion, step.challenger, step.challenger_weight, step.quarantined
     return pd.DataFrame(rows, columns=["time", "stage", "detail", "reason"])
 
@@ -269,22 +272,48 @@ def timeline_frame(
 
 
 def incident_table(log: EventLog, start: datetime, end: datetime) -> pd.DataFrame:
-    """One row per incident with an event in the span: first/last event, severity, and the actions taken."""
+    """One row per incident with an event in the span: first seen, severity, state, the actions taken and why.
+
+    Incidents that were acted on beyond a ticket (a page, a quarantine, a retrain, a release
+    step) come first, then the rest, each in order of first sight.
+    """
     rows = []
     for incident in log.incidents(include_closed=True):
         if incident.last.observed_at < start or incident.first.observed_at > end:
             continue
         taken = [a for a in incident.actions if a.action != "none"]
+        acted = incident.last.severity == "page" or any(a.action != "ticket" and a.status == "taken" for a in taken)
+        why = (taken[0].reason if taken else incident.first.summary).split(". ")[0]
         rows.append({
-            "first seen": incident.first.observed_at, "kind": incident.first.kind, "severity": incident.last.severity,
+            "first seen": f"{incident.first.observed_at:%Y-%m-%d %H:%M}", "kind": incident.first.kind, "severity": incident.last.severity,
             "subject": incident.first.subject, "segment": _segment_text(incident.first.segment),
             "state": "open" if incident.is_open else f"resolved {incident.last.observed_at:%Y-%m-%d %H:%M}",
-            "actions": "; ".join(f"{a.action} ({a.status})" for a in taken) or "none",
-            "why": taken[0].reason if taken else incident.first.summary,
+            "actions": "; ".join(f"{a.action} ({a.status})" for a in taken) or "none", "why": why, "_acted": not acted,
         })
-    frame = pd.DataFrame(rows, columns=["first seen", "kind", "severity", "subject", "segment", "state", "actions", "why"])
-    order = frame["severity"].map({"page": 0, "ticket": 1, "info": 2}).fillna(3)
-    return frame.assign(_order=order).sort_values(["_order", "first seen"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    frame = pd.DataFrame(rows, columns=["first seen", "kind", "severity", "subject", "segment", "state", "actions", "why", "_acted"])
+    return frame.sort_values(["_acted", "first seen"], kind="stable").drop(columns="_acted").reset_index(drop=True)
+
+
+def release_table(timeline: pd.DataFrame) -> pd.DataFrame:
+    """The release and routing changes of the timeline (from the steps, or the release controller's actions)."""
+    kinds = ("release:", "action: shadow", "action: canary_advance", "action: promote", "action: rollback", "action: fallback_feature_group",
+             "action: restore_feature_group", "action: retrain")
+    rows = timeline[timeline["lane"].str.startswith(kinds)]
+    return rows.assign(time=rows["time"].map(lambda t: f"{t:%Y-%m-%d %H:%M}"))[["time", "kind", "status", "subject", "segment", "text"]]
+
+
+def routing_at_end(registry_root: Path) -> str:
+    """Champion, challenger and its weight, and the quarantine, as the registry and traffic files say now."""
+    from retrain.registry import ModelRegistry
+    from serve_apps.traffic_state import read_quarantine, read_state
+
+    registry = ModelRegistry(registry_root)
+    champion, challenger = registry.alias("dispatch", "champion"), registry.alias("dispatch", "challenger")
+    live = challenger.version if challenger and champion and challenger.version != champion.version else None
+    quarantined = "; ".join(f"{e.feature_group} in regions {','.join(map(str, e.region_ids)) or 'all'}" for e in read_quarantine(registry_root).entries)
+    return (f"champion {champion.version if champion else 'none'}, challenger "
+            f"{f'{live} at weight {read_state(registry_root).challenger_weight:g}' if live else 'none'}; "
+            f"quarantined: {quarantined or 'nothing'}")
 
 
 def group_metrics(rows: pd.DataFrame) -> dict[str, float]:
@@ -324,9 +353,11 @@ def region_metrics(joined: pd.DataFrame) -> pd.DataFrame:
     served = joined[joined["role"] == "served"]
     shares = _share_columns(served.drop_duplicates("request_id"), ["period", "region_id"])
     champion = served[served["arm"] == "champion"]
-    quality = pd.DataFrame({key: group_metrics(rows) for key, rows in champion.groupby(["period", "region_id"])}).T
-    quality.index = quality.index.set_names(["period", "region_id"])
-    return shares.join(quality, how="left").reset_index()
+    quality = pd.DataFrame([{"period": period, "region_id": region, **group_metrics(rows)}
+                            for (period, region), rows in champion.groupby(["period", "region_id"])])
+    if quality.empty:
+        return shares.reset_index()
+    return shares.join(quality.set_index(["period", "region_id"]), how="left").reset_index()
 
 
 def arm_metrics(joined: pd.DataFrame, regions: Sequence[int] = ()) -> pd.DataFrame:
@@ -445,7 +476,8 @@ def build_loop_report(
         volume=volume_over_time(in_span, start, end), timeline=timeline_frame(events, actions, start, end, steps),
         incidents=incident_table(events_log, start, end), drift=drift, region_metrics=region_metrics(joined),
         arm_metrics=arm_metrics(joined, incident_regions), reliability=reliability_rows(joined),
-        incident_regions=incident_regions, weights=weights, labels_as_of=labels_as_of, notes=notes,
+        incident_regions=incident_regions, weights=weights, labels_as_of=labels_as_of, routing=routing_at_end(Path(settings.paths.registry)),
+        notes=notes,
     )
 
 
@@ -531,11 +563,23 @@ def _table(frame: pd.DataFrame, table_id: str) -> str:
     return frame.to_html(index=False, table_id=table_id, na_rep="–", float_format=lambda x: f"{x:.4f}", border=0)
 
 
-def _region_pivot(metrics: pd.DataFrame) -> pd.DataFrame:
+_COUNTS = ("requests", "eta_labelled", "accept_labelled")
+
+
+def _region_pivot(metrics: pd.DataFrame, periods: Sequence[Period]) -> pd.DataFrame:
+    """Regions down, (metric, period) across, periods in time order under each metric."""
     values = ["requests", "fallback_share", "degraded_share", "eta_mae", "eta_coverage", "accept_log_loss", "accept_ece"]
-    pivot = metrics.pivot_table(index="region_id", columns="period", values=values, aggfunc="first")
-    pivot.columns = [f"{metric} | {period}" for metric, period in pivot.columns]
+    pivot = metrics.pivot_table(index="region_id", columns="period", values=values, aggfunc="first", dropna=False)
+    order = [(metric, p.name) for metric in values for p in periods if (metric, p.name) in pivot.columns]
+    pivot = pivot[order]
+    pivot.columns = [f"{metric} | {period}" for metric, period in order]
+    for column in [c for c in pivot.columns if c.startswith("requests")]:
+        pivot[column] = pivot[column].astype("Int64")
     return pivot.reset_index()
+
+
+def _counts_as_int(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype({c: "Int64" for c in _COUNTS if c in frame.columns})
 
 
 def _region_drift_table(drift: pd.DataFrame) -> pd.DataFrame:
@@ -579,18 +623,19 @@ def render(report: LoopReport, cells: pd.DataFrame, out: Path, title: str, targe
     summary = (
         f"<p>Span {report.start:%Y-%m-%d %H:%M} to {report.end:%Y-%m-%d %H:%M} UTC; periods: {periods} UTC. "
         f"Regions paged: {', '.join(map(str, report.incident_regions)) or 'none'}. "
-        f"Labels as known at {report.labels_as_of:%Y-%m-%d %H:%M} UTC.</p>"
+        f"Labels as known at {report.labels_as_of:%Y-%m-%d %H:%M} UTC. Now: {html.escape(report.routing)}.</p>"
         f"<ul>{''.join(f'<li>{html.escape(n)}</li>' for n in report.notes)}</ul>"
     )
     sections: list = [
         summary, timeline_figure(report),
-        "<h2>Incidents in the span</h2>", _table(report.incidents.assign(**{"first seen": report.incidents["first seen"].astype(str)}), "incidents"),
+        "<h2>Incidents in the span</h2>", _table(report.incidents, "incidents"),
+        "<h2>Actions on the models and the routing</h2>", _table(release_table(report.timeline), "releases"),
         "<h2>Drift over the cell map</h2>", *drift_figures(report, cells),
         "<h3>Drift by region (region rollup of the scan)</h3>", _table(_region_drift_table(report.drift).head(60), "region-drift"),
         "<h2>Calibration before and after</h2>", *calibration_figures(report, target_coverage),
-        "<h2>Before/after by arm</h2>", _table(report.arm_metrics, "arm-metrics"),
+        "<h2>Before/after by arm</h2>", _table(_counts_as_int(report.arm_metrics), "arm-metrics"),
         "<h2>Before/after by region (fallback and degraded shares of all served requests; quality of the champion's)</h2>",
-        _table(_region_pivot(report.region_metrics), "region-metrics"),
+        _table(_region_pivot(report.region_metrics, report.periods), "region-metrics"),
         f"<script type='application/json' id='{DATA_ELEMENT_ID}'>{_json(report)}</script>",
     ]
     return write_page(out, title, sections)
