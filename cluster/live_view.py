@@ -49,7 +49,7 @@ from serve_apps.metrics import ARMS, PREFIX
 from serve_apps.traffic_state import read_quarantine, read_state
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
+    from rich.console import Console, RenderableType
 
     from cluster.config import Settings
 
@@ -249,7 +249,9 @@ def with_operator_state(state: ViewState, settings: Settings, max_alerts: int = 
 
 def default_metrics_url(settings: Settings) -> str:
     """The router's ``/metrics`` as ``dispatchml serve up`` binds it (loopback by default)."""
-    return f"http://{settings.serving.host}:{settings.serving.port}/metrics"
+    from cluster.serve import base_url
+
+    return base_url(settings) + "/metrics"
 
 
 def scrape(url: str, timeout_s: float = SCRAPE_TIMEOUT_S) -> Scrape:
@@ -315,7 +317,7 @@ class LiveView:
     ``failures`` (logged once per kind); the next tick tries again.
     """
 
-    def __init__(self, settings: Settings, metrics_url: str | None = None, *, interval_s: float = 1.0, console: object | None = None) -> None:
+    def __init__(self, settings: Settings, metrics_url: str | None = None, *, interval_s: float = 1.0, console: Console | None = None) -> None:
         self.settings = settings
         self.metrics_url = metrics_url or default_metrics_url(settings)
         self.interval_s = interval_s
@@ -358,7 +360,7 @@ class LiveView:
     def start(self) -> LiveView:
         from rich.live import Live
 
-        self._live = Live(render(self.state), console=self.console, auto_refresh=False, transient=False)  # type: ignore[arg-type]
+        self._live = Live(render(self.state), console=self.console, auto_refresh=False, transient=False)
         self._live.start()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="live-view", daemon=True)
