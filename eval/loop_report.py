@@ -489,11 +489,13 @@ _SEVERITY_COLOURS = {"page": "#d62728", "ticket": "#ff7f0e", "info": "#1f77b4"}
 def timeline_figure(report: LoopReport) -> go.Figure:
     """Volume, fallback/degraded shares and the events/actions lanes on one shared time axis."""
     lanes = sorted(report.timeline["lane"].unique(), key=lambda lane: (not lane.startswith("event"), lane))
-    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.04, row_heights=[0.22, 0.22, 0.56],
-                           subplot_titles=("served requests per bin", "share of requests", "events and actions"))
     volume = report.volume
-    figure.add_trace(go.Bar(x=volume["bin"], y=volume["requests"], name="served requests", marker_color="#7f7f7f"), row=1, col=1)
-    figure.add_trace(go.Scatter(x=volume["bin"], y=volume["shadow_scored"], name="shadow scorings", mode="lines", line_color="#9467bd"), row=1, col=1)
+    width = int(volume["bin_seconds"].iloc[0]) if len(volume) else 0
+    figure = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.04, row_heights=[0.22, 0.22, 0.56],
+                           subplot_titles=(f"served requests per second (bins of {width} s)", "share of requests", "events and actions"))
+    figure.add_trace(go.Bar(x=volume["bin"], y=volume["requests"] / max(width, 1), name="served requests/s", marker_color="#7f7f7f"), row=1, col=1)
+    figure.add_trace(go.Scatter(x=volume["bin"], y=volume["shadow_scored"] / max(width, 1), name="shadow scorings/s", mode="lines",
+                                line_color="#9467bd"), row=1, col=1)
     figure.add_trace(go.Scatter(x=volume["bin"], y=volume["fallback_share"], name="fallback share", mode="lines", line_color="#d62728"), row=2, col=1)
     figure.add_trace(go.Scatter(x=volume["bin"], y=volume["degraded_share"], name="degraded share", mode="lines", line_color="#ff7f0e"), row=2, col=1)
     if not report.weights.empty:
@@ -501,7 +503,7 @@ def timeline_figure(report: LoopReport) -> go.Figure:
                                     mode="lines", line={"shape": "hv", "color": "#2ca02c"}), row=2, col=1)
     for severity, rows in report.timeline.groupby("severity", sort=True):
         for is_action, part in rows.groupby(~rows["lane"].str.startswith("event"), sort=True):
-            hover = (part["kind"] + " (" + part["status"] + ")<br>" + part["subject"] + " | " + part["segment"] + "<br>"
+            hover = (part["kind"] + " (" + part["status"] + ")<br>" + part["subject"].map(html.escape) + " | " + part["segment"] + "<br>"
                      + part["text"].map(lambda t: html.escape(t[:160])))
             figure.add_trace(go.Scatter(
                 x=part["time"], y=part["lane"], mode="markers", name=f"{'actions' if is_action else 'events'}: {severity}",
