@@ -600,6 +600,23 @@ def labels(
         console.print(f"report: {write_label_report(joined, known, report, segment_by)}")
 
 
+@app.command()
+@command
+def report(
+    start: Annotated[str, typer.Option(help="First request time of the span (UTC ISO).")],
+    end: Annotated[str, typer.Option(help="End of the span (UTC ISO, exclusive).")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")],
+    incident_at: Annotated[str | None, typer.Option(help="Before/after split (default: the first firing event in the span).")] = None,
+) -> None:
+    """The closed loop's report: timeline of incidents and actions, drift over the cell map, calibration and metrics before/after."""
+    from eval.loop_report import write_loop_report
+
+    _, lo, hi = _log_window(start, end)
+    with console.status("reading the prediction log, the event log and the labels"):
+        path = write_loop_report(_settings(), lo, hi, out, incident_at=_utc_datetime(incident_at))
+    console.print(f"wrote {path}")
+
+
 # -- incidents and the event policy (cluster/event_log.py, retrain/policy.py, cluster/actions.py) ----
 
 

@@ -132,9 +132,16 @@ def rollup_levels(spec: DriftScanSpec) -> list[RollupLevel]:
     cur = read_columns(spec.current, spec.segment_by).to_pandas() if spec.segment_by else None
     n_ref = _dataset(spec.reference).count_rows() if ref is None else len(ref)
     n_cur = _dataset(spec.current).count_rows() if cur is None else len(cur)
+    return rollup_levels_of(ref, cur, spec.segment_by, n_ref, n_cur)
+
+
+def rollup_levels_of(
+    ref: pd.DataFrame | None, cur: pd.DataFrame | None, segment_by: Sequence[str], n_ref: int, n_cur: int
+) -> list[RollupLevel]:
+    """:func:`rollup_levels` of segment columns already in memory (``None`` when ``segment_by`` is empty)."""
     levels = []
-    for depth in range(len(spec.segment_by), -1, -1):
-        columns = spec.segment_by[:depth]
+    for depth in range(len(segment_by), -1, -1):
+        columns = tuple(segment_by[:depth])
         if depth == 0:
             levels.append(RollupLevel((), pd.DataFrame(index=[0]), np.zeros(n_ref, np.int32), np.zeros(n_cur, np.int32)))
             continue
@@ -174,6 +181,24 @@ def scan_features(
                                               len(finest.keys), rollups, ks_method, min_samples)
         parts.extend(_stat_rows(result, feature, level_index) for level_index, result in enumerate(results))
     return pa.concat_tables(parts)
+
+
+def scan_tables(
+    reference: pa.Table, current: pa.Table, segment_by: Sequence[str], fdr: float = 0.05, min_samples: int = DEFAULT_MIN_SAMPLES
+) -> pa.Table:
+    """The whole scan in this process, without Ray: for a few features already in memory (a report's).
+
+    Every non-segment column is a feature (non-numeric ones categorical); the output is what
+    :func:`run_drift_scan` writes for the same inputs.
+    """
+    segment_by = tuple(segment_by)
+    spec = DriftScanSpec(reference=None, current=None, segment_by=segment_by, fdr=fdr, min_samples=min_samples)  # type: ignore[arg-type]
+    features = [c for c in reference.column_names if c not in segment_by]
+    categorical = {c for c in features if not _is_numeric(reference.schema.field(c).type)}
+    keys = (reference.select(list(segment_by)).to_pandas(), current.select(list(segment_by)).to_pandas()) if segment_by else (None, None)
+    levels = rollup_levels_of(*keys, segment_by, reference.num_rows, current.num_rows)
+    raw = scan_features(reference.select(features), current.select(features), categorical, levels, min_samples=min_samples)
+    return finish_scan(raw, levels, spec)
 
 
 def _parent_codes(finest: RollupLevel, level: RollupLevel) -> np.ndarray:

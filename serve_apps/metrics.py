@@ -369,6 +369,11 @@ class ServingMetrics:
             f"Score requests answered, by region (first {max_regions} regions, then 'other') and arm.",
             ["region", "arm"],
         )
+        self._degraded_scored = counter(
+            "degraded_scored_requests",
+            "Score requests answered with at least one degradation (each request once, whatever its reasons), by arm.",
+            ["arm"],
+        )
         self._shadow = counter("shadow_scores", "Shadow scorings by the challenger, by outcome.", ["model_version", "outcome"])
         self._degraded = counter(
             "degraded_requests", "Requests served with degraded inputs (stale or missing features), by reason.", ["reason"]
@@ -428,14 +433,20 @@ class ServingMetrics:
         else:
             self._refuse("duration_invalid")
 
-    def record_scored(self, arm: Arm, model_version: str, region: int) -> None:
+    def record_scored(self, arm: Arm, model_version: str, region: int, *, degraded: bool = False) -> None:
         """A score request answered by ``arm`` (``"fallback"`` included) with ``model_version``.
 
         ``region`` is the job's integer region id (``cells`` lookup); ``OUTSIDE`` counts as other.
+        ``degraded`` says the answer had at least one degradation: counted once per request in
+        ``dispatchml_degraded_scored_requests_total``, so the degraded *share* of requests is a
+        ratio of two counters (``dispatchml_degraded_requests_total`` counts each reason apart,
+        and a request with two reasons there counts twice).
         """
         arm_label = self._arm(arm)
         self._scored(arm_label, self._version(model_version)).inc()
         self._region_scored(self._region(region), arm_label).inc()
+        if degraded:
+            self._degraded_scored(arm_label).inc()
 
     def record_prediction(self, arm: Arm, eta_minutes: float, p_accept: float) -> None:
         """One candidate's prediction; call it per scored candidate (cost x candidates) or for the top one."""

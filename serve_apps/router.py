@@ -443,7 +443,7 @@ class DispatchRouter:
         self.metrics.record_shadow(versions.dispatch or "unknown", "ok")
 
     def _record(self, arm: str, versions: ModelVersions, scores: ArmScores, degradations: list[Degradation], job: PreparedJob) -> None:
-        self.metrics.record_scored(arm, versions.dispatch or versions.eta or "none", job.region_id)
+        self.metrics.record_scored(arm, versions.dispatch or versions.eta or "none", job.region_id, degraded=bool(degradations))
         top = int(np.argmin(scores.rank))
         self.metrics.record_prediction(arm, float(scores.eta_minutes[top]), float(scores.p_accept[top]))
         for reason in {d.reason.value for d in degradations}:

@@ -85,3 +85,60 @@ def test_concept_drift_in_its_region_triggers_a_retrain_with_lineage(loop) -> No
     # Every row every step scored (served and shadow) is in the log: nothing dropped on the way.
     logged = read_prediction_log(Path(settings.paths.root) / "prediction_log", world.replay_start, world.end).to_pandas()
     assert sum(s.logged_rows for s in steps) == len(logged)
+
+
+def test_loop_report_shows_the_incident_and_its_figures_come_from_the_logs(loop, tmp_path: Path) -> None:
+    """``eval.loop_report`` over the loop's span: the unit bug's page and quarantine are on the page,
+    its fallback share and drift match what the prediction log says, and no member data is in it."""
+    import json
+    import re
+
+    import numpy as np
+    import pandas as pd
+    import plotly.offline
+    import pyarrow.dataset as ds
+
+    from contracts.warehouse import table_dir
+    from eval.drift import psi
+    from eval.loop_report import DATA_ELEMENT_ID, write_loop_report
+
+    world, settings, steps = loop
+    page = write_loop_report(settings, world.replay_start, world.end, tmp_path / "loop.html", steps=steps).read_text()
+    data = json.loads(re.search(rf"<script type='application/json' id='{DATA_ELEMENT_ID}'>(.*?)</script>", page, re.S).group(1).replace("<\\/", "</"))
+    incident_at = pd.Timestamp(data["incident_at"])
+
+    def table_rows(table_id: str) -> list[str]:
+        table = re.search(rf'<table[^>]*id="{table_id}".*?</table>', page, re.S).group(0)
+        return [" ".join(re.sub(r"<[^>]+>", " ", row).split()) for row in re.findall(r"<tr>.*?</tr>", table, re.S)]
+
+    # The unit bug's data-quality page and the quarantine it led to, in the incident table and on the timeline.
+    assert any(all(s in row for s in ("data_quality", "page", "cell_traffic__speed_kmh", f"region_id={UNIT_REGION}", "fallback_feature_group (taken)"))
+               for row in table_rows("incidents"))
+    assert '"release: quarantine"' in page and '"action: fallback_feature_group"' in page and '"event: data_quality"' in page
+    assert UNIT_REGION in data["incident_regions"]
+
+    # Fallback share of the unit region's requests after the incident, recomputed from the log.
+    log = read_prediction_log(Path(settings.paths.root) / "prediction_log", world.replay_start, world.end).to_pandas()
+    served = log[(log.role == "served") & (log.region_id == UNIT_REGION)].drop_duplicates("request_id")
+    after = served[pd.to_datetime(served.requested_at, utc=True) >= incident_at]
+    expected = float((after.arm == "fallback").mean())
+    reported = next(r for r in data["region_metrics"] if r["region_id"] == UNIT_REGION and r["period"] == "after incident")
+    assert expected > 0 and reported["fallback_share"] == pytest.approx(expected, abs=1e-12)
+    assert f"{expected:.4f}" in next(row for row in table_rows("region-metrics") if row.startswith(f"{UNIT_REGION} "))
+
+    # The served speed in the unit region drifted (km/h read as mph): PSI from the log itself.
+    rows = log[(log.role == "served") & (log.region_id == UNIT_REGION)]
+    speed = rows["feature__cell_traffic__speed_kmh"].to_numpy(np.float32)
+    before_incident = (pd.to_datetime(rows.requested_at, utc=True) < incident_at).to_numpy()
+    drift = next(r for r in data["region_drift"] if r["region_id"] == UNIT_REGION and r["feature"] == "cell_traffic__speed_kmh")
+    assert drift["drift"] and drift["psi"] == pytest.approx(psi(speed[before_incident], speed[~before_incident]), rel=1e-9)
+
+    # No member id, name, phone, coordinate, job, request or pseudonym (outside plotly.js itself).
+    text = page.replace(plotly.offline.get_plotlyjs(), "")
+    tokens = set(re.findall(r"[A-Za-z0-9_.+:-]+", text))
+    requests = ds.dataset(table_dir(world.data_root, "raw/requests"), format="parquet").to_table(
+        filter=(ds.field("request_ts") >= world.replay_start) & (ds.field("request_ts") < world.end)).to_pandas()
+    identifiers = {*requests.member_id, *requests.member_phone, *log.job_id, *log.request_id, *log.member_pseudonym}
+    coordinates = {f"{v:{fmt}}" for v in (*requests.job_lat, *requests.job_lon) for fmt in ("", ".5f", ".6f")}
+    assert not tokens & identifiers and not tokens & coordinates
+    assert not any(name in text for name in requests.member_name.unique()[:500])

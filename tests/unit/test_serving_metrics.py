@@ -50,6 +50,7 @@ EXPECTED = {
     "dispatchml_region_scored_requests": ("counter", {"region", "arm"}),
     "dispatchml_shadow_scores": ("counter", {"model_version", "outcome"}),
     "dispatchml_degraded_requests": ("counter", {"reason"}),
+    "dispatchml_degraded_scored_requests": ("counter", {"arm"}),
     "dispatchml_fallback_requests": ("counter", {"reason"}),
     "dispatchml_breaker_state": ("gauge", {"dependency"}),
     "dispatchml_open_breakers": ("gauge", {"dependency"}),
@@ -80,7 +81,7 @@ def busy_replica(**kwargs: int) -> ServingMetrics:
     metrics.record_request("/v1/dispatch/score", 200, 0.042)
     metrics.record_request("/v1/dispatch/score", 422, 0.003)
     metrics.record_scored("champion", LIVE["champion"], 3)
-    metrics.record_scored("fallback", LIVE["fallback"], 5)
+    metrics.record_scored("fallback", LIVE["fallback"], 5, degraded=True)
     metrics.record_prediction("champion", 23.5, 0.71)
     metrics.record_shadow(LIVE["challenger"], "timeout")
     metrics.record_degraded("stale_features")
@@ -335,3 +336,16 @@ def test_importing_feast_does_not_make_replicas_share_values() -> None:
         metrics = ServingMetrics(PRICE)
         metrics.record_request("score", 200, 0.01)
     assert value(scrape(metrics)["dispatchml_requests"], "dispatchml_requests_total", endpoint="score", code="200") == 1
+
+
+def test_degraded_requests_count_once_per_request_whatever_their_reasons() -> None:
+    metrics = ServingMetrics(PRICE)
+    metrics.record_policy(1, 0.0, LIVE)
+    for reasons in (["stale_features", "store_unavailable"], [], ["model_timeout"]):
+        metrics.record_scored("fallback" if reasons else "champion", LIVE["fallback" if reasons else "champion"], 1, degraded=bool(reasons))
+        for reason in reasons:
+            metrics.record_degraded(reason)
+    families = scrape(metrics)
+    assert value(families["dispatchml_degraded_scored_requests"], "dispatchml_degraded_scored_requests_total", arm="fallback") == 2
+    assert series(families["dispatchml_degraded_scored_requests"], "dispatchml_degraded_scored_requests_total") == [{"arm": "fallback"}]
+    assert sum(s.value for s in families["dispatchml_degraded_requests"].samples if s.name.endswith("_total")) == 3
