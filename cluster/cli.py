@@ -315,7 +315,11 @@ class _RichReporter:
         return lambda done, _total: self.bar.update(task, completed=done)
 
     def live_started(self, settings: Any) -> None:
+        from cluster.live_view import LiveView
+
         self.bar.stop()
+        self.view = LiveView(settings, console=console)
+        self.view.__enter__()
 
     def loop_step(self, step: Any) -> None:
         for event in step.events:
@@ -326,6 +330,9 @@ class _RichReporter:
             console.print(f"[bold yellow]action[/bold yellow] {action.decided_at:%H:%M} {action.action} {action.status}: {action.reason}")
 
     def live_finished(self) -> None:
+        if getattr(self, "view", None) is not None:
+            self.view.__exit__(None, None, None)
+            self.view = None
         self.bar.start()
 
 
@@ -394,8 +401,16 @@ def report_live_day(result) -> None:
                       f"{s.outage_failed} failed, {s.outage_fallback_share:.0%} served by the fallback")
     print_table("events (firing)", ["at", "kind", "severity", "segment", "subject"], [list(e) for e in s.events] or [["-"] * 5])
     print_table("actions", ["at", "action", "status", "reason"], [list(a) for a in s.actions] or [["-"] * 4])
+    if result.report is not None:
+        console.print(f"[bold]report[/bold] {result.report} (open it in a browser)")
     console.print(f"prediction log: {Path(result.settings.paths.root) / 'prediction_log'}")
     console.print(f"event log: {result.settings.paths.events} (dispatchml --config {Path(result.settings.paths.root) / 'dispatchml.yaml'} incidents --all)")
+    console.print("Grafana dashboards: cluster/grafana/ (provisioning files; see the README's Prometheus and Grafana section)")
+    if result.kept_running:
+        console.print(f"service: {result.settings.serving.host}:{result.settings.serving.port} is still up (dispatchml --config "
+                      f"{Path(result.settings.paths.root) / 'dispatchml.yaml'} serve down stops it); Ray dashboard: http://127.0.0.1:8265")
+    else:
+        console.print("Ray dashboard: rerun with --keep-running, then open http://127.0.0.1:8265")
 
 
 @app.command()

@@ -95,6 +95,8 @@ class ServingSettings(_Section):
     #: reload every ``nrt_refresh_s`` and every entity every ``nrt_full_refresh_s`` (wall seconds).
     nrt_refresh_s: float = Field(5.0, gt=0.0)
     nrt_full_refresh_s: float = Field(60.0, gt=0.0)
+    #: Daily groups change once a day; the cache reloads them every ``batch_refresh_s``.
+    batch_refresh_s: float = Field(300.0, gt=0.0)
     #: Replays only (``dispatchml demo``): the service's clock runs ``replay_speed`` times the wall
     #: clock from the simulated instant ``replay_start`` once the replay starts it
     #: (``serve_apps.clock``). 1, the default, is the wall clock.

@@ -27,7 +27,7 @@ from cluster.feature_store import apply, materialize
 from retrain.pipeline import TrainingRun, train_from_warehouse
 from retrain.registry import ModelRegistry
 from simulator.run import Manifest, SimulationSpec, simulate
-from simulator.scenarios import Scenario
+from simulator.scenarios import ActiveIncidents, Scenario
 
 if TYPE_CHECKING:
     from cluster.closed_loop import LoopStep
@@ -132,7 +132,7 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
     scenario = Scenario.load(options.scenario or LIVE_SCENARIO)
     if options.scenario is None:
         scenario = scenario.shifted(options.days - LIVE_SCENARIO_DAY)
-    world_scenario, feed_scenario = scenario.split_feed()
+    world_scenario = scenario.split_feed()[0]
     live_days = math.ceil(options.live_hours / 24.0) if options.live else 0
 
     t = time.perf_counter()
@@ -186,13 +186,14 @@ def run_demo(base: Settings, options: DemoOptions, reporter: Reporter | None = N
     result = DemoResult(settings, manifest, training, aliases, config_path, seconds)
     if options.live:
         t = time.perf_counter()
-        result.live = _live_day(settings, options, start, end, feed_scenario, report)
+        result.live = _live_day(settings, options, start, end, scenario, report)
         seconds["live day"] = time.perf_counter() - t
     return result
 
 
-def _live_day(settings: Settings, options: DemoOptions, sim_start: datetime, start: datetime, feed: Scenario, report: Reporter) -> LiveDayResult:
-    from cluster.live_day import LiveDayOptions, run_live_day
+def _live_day(settings: Settings, options: DemoOptions, sim_start: datetime, start: datetime, scenario: Scenario, report: Reporter) -> LiveDayResult:
+    from cluster.live_day import LiveDayOptions, replay_settings, run_live_day
+    from eval.loop_report import write_loop_report
     from retrain.pipeline import retrainer
 
     # A retrain the demo can wait for: two trials, a short window (the policy decides whether).
@@ -205,11 +206,18 @@ def _live_day(settings: Settings, options: DemoOptions, sim_start: datetime, sta
         speed=options.speed,
         outage_start=None if options.outage_hour is None else timedelta(hours=options.outage_hour),
         outage_for=timedelta(minutes=options.outage_minutes),
-        feed_scenario=feed, sim_start=sim_start, retrain=retrain, keep_running=options.keep_running,
+        feed_scenario=scenario.split_feed()[1], sim_start=sim_start, retrain=retrain, keep_running=options.keep_running,
     )
     end = start + timedelta(hours=options.live_hours)
-    report.live_started(settings)
+    report.live_started(replay_settings(settings, start, live))
     try:
-        return run_live_day(settings, start, end, live, on_step=report.loop_step, say=report.step)
+        result = run_live_day(settings, start, end, live, on_step=report.loop_step, say=report.step)
     finally:
         report.live_finished()
+    report.step("writing the day's report")
+    onsets = [s for _, s, _ in ActiveIncidents(scenario, sim_start).windows if start <= s < end]
+    result.report = write_loop_report(
+        result.settings, start, end, Path(settings.paths.reports) / "live_day.html", steps=result.steps,
+        title=f"A day in the life: {start:%Y-%m-%d}", incident_at=min(onsets) if onsets else None,
+    )
+    return result

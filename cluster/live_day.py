@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -58,10 +58,11 @@ class LiveDayOptions:
     outage_start: timedelta | None = None
     outage_for: timedelta = timedelta(hours=1)
     #: Pushes reach the store this many wall seconds before their event time (see live_feed).
-    push_lead_wall_s: float = 3.0
-    #: Near-real-time cache refresh periods of the replayed service, wall seconds.
+    push_lead_wall_s: float = 5.0
+    #: Feature cache refresh periods of the replayed service, wall seconds.
     nrt_refresh_s: float = 0.5
     nrt_full_refresh_s: float = 1.0
+    batch_refresh_s: float = 10.0
     #: ``unit_change`` incidents applied to what the feed pushes (resolved against ``sim_start``).
     feed_scenario: Scenario | None = None
     sim_start: datetime | None = None
@@ -82,7 +83,9 @@ class LiveDayResult:
     pushed_rows: int
     push_failures: int
     wall_seconds: float
-    region_of_answer: list[int] = field(default_factory=list)
+    kept_running: bool = False
+    #: The HTML report of the day, once written (``eval.loop_report``).
+    report: Path | None = None
 
     @property
     def failed(self) -> int:
@@ -93,7 +96,7 @@ def replay_settings(settings: Settings, start: datetime, options: LiveDayOptions
     """``settings`` with the service's replay clock and the fast near-real-time refresh."""
     serving = settings.serving.model_copy(update={
         "replay_speed": options.speed, "replay_start": start,
-        "nrt_refresh_s": options.nrt_refresh_s, "nrt_full_refresh_s": options.nrt_full_refresh_s,
+        "nrt_refresh_s": options.nrt_refresh_s, "nrt_full_refresh_s": options.nrt_full_refresh_s, "batch_refresh_s": options.batch_refresh_s,
     })
     return settings.model_copy(update={"serving": serving})
 
@@ -251,6 +254,7 @@ def run_live_day(
     return LiveDayResult(
         start, end, live, answers, steps, (span[0], span[1]) if len(span) == 2 else None,
         int(pushed["pushed"]), int(pushed["failures"]), wall_seconds=(end - start).total_seconds() / options.speed,
+        kept_running=options.keep_running,
     )
 
 

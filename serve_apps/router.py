@@ -95,7 +95,6 @@ log = logging.getLogger("ray.serve")
 MODEL_DEADLINE_S = 0.06
 FALLBACK_DEADLINE_S = 0.03
 POLICY_POLL_S = 1.0
-BATCH_REFRESH_S = 300.0
 def _group_columns() -> dict[str, slice]:
     """Each stored group's columns in the model matrix (groups first, in catalogue order)."""
     bounds = np.cumsum([0, *(len(g.features) for g in FEATURE_GROUPS)])
@@ -214,7 +213,7 @@ class FeatureRefresher:
                     last_full = time.monotonic()
                 else:
                     self.refresh("near_real_time", only=self.hot.drain())
-                if time.monotonic() - last_batch > BATCH_REFRESH_S:
+                if time.monotonic() - last_batch > serving.batch_refresh_s:
                     self.refresh("batch")
                     last_batch = time.monotonic()
 
