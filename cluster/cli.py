@@ -327,7 +327,8 @@ class _RichReporter:
                 segment = ", ".join(f"{k}={v}" for k, v in sorted(event.segment.items()))
                 console.print(f"[bold red]page[/bold red] {event.observed_at:%H:%M} {event.kind} {segment} {event.subject}")
         for action in step.actions:
-            console.print(f"[bold yellow]action[/bold yellow] {action.decided_at:%H:%M} {action.action} {action.status}: {action.reason}")
+            if action.action != "page":
+                console.print(f"[bold yellow]action[/bold yellow] {action.decided_at:%H:%M} {action.action} {action.status} ({action.reason.split(':', 1)[0]})")
 
     def live_finished(self) -> None:
         if getattr(self, "view", None) is not None:
@@ -348,9 +349,10 @@ def demo(
     seed: Annotated[int, typer.Option()] = 7,
     scenario: Annotated[Path | None, typer.Option(help="Incident scenario YAML (start_day from the first simulated day; default scenarios/live_day.yaml on the live day).")] = None,
     live: Annotated[bool, typer.Option(help="Replay the day after the history through the running service.")] = True,
-    live_hours: Annotated[float, typer.Option(min=1.0, max=24.0, help="Simulated hours of the live replay.")] = 24.0,
-    speed: Annotated[float, typer.Option(min=1.0, help="Simulated seconds per wall second of the live replay.")] = 240.0,
-    outage_hour: Annotated[float | None, typer.Option(help="Hour of the live day the online store goes down (omit with --no-outage).")] = 14.0,
+    live_start_hour: Annotated[float, typer.Option(min=0.0, max=23.0, help="Hour of the live day the replay starts at.")] = 5.0,
+    live_hours: Annotated[float, typer.Option(min=1.0, max=24.0, help="Simulated hours of the live replay.")] = 8.0,
+    speed: Annotated[float, typer.Option(min=1.0, help="Simulated seconds per wall second of the live replay.")] = 96.0,
+    outage_hour: Annotated[float | None, typer.Option(help="Hour of the live day the online store goes down for 45 minutes.")] = 10.0,
     outage: Annotated[bool, typer.Option(help="Take the online store down for an hour of the live day.")] = True,
     keep_running: Annotated[bool, typer.Option(help="Leave the service up after the live day (dispatchml serve down stops it).")] = False,
 ) -> None:
@@ -368,6 +370,7 @@ def demo(
         seed=seed,
         scenario=scenario,
         live=live,
+        live_start_hour=live_start_hour,
         live_hours=live_hours,
         speed=speed,
         outage_hour=outage_hour if outage else None,
@@ -399,8 +402,8 @@ def report_live_day(result) -> None:
     if result.outage is not None:
         console.print(f"online-store outage {result.outage[0]:%H:%M}-{result.outage[1]:%H:%M}: {s.outage_requests:,} requests, "
                       f"{s.outage_failed} failed, {s.outage_fallback_share:.0%} served by the fallback")
-    print_table("events (firing)", ["at", "kind", "severity", "segment", "subject"], [list(e) for e in s.events] or [["-"] * 5])
-    print_table("actions", ["at", "action", "status", "reason"], [list(a) for a in s.actions] or [["-"] * 4])
+    print_table("events (firing)", ["first at", "kind", "severity", "segment", "subject", "times"], [[str(x) for x in e] for e in s.events] or [["-"] * 6])
+    print_table("actions", ["first at", "action", "status", "policy rule", "times"], [[str(x) for x in a] for a in s.actions] or [["-"] * 5])
     if result.report is not None:
         console.print(f"[bold]report[/bold] {result.report} (open it in a browser)")
     console.print(f"prediction log: {Path(result.settings.paths.root) / 'prediction_log'}")

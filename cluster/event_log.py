@@ -52,6 +52,8 @@ class EventLog:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        #: Per file: how far it was read for ids, and the ids found (``_seen_ids``).
+        self._seen: dict[str, tuple[int, set[str]]] = {}
         self.unreadable_lines = 0
 
     # -- writing ------------------------------------------------------------------------------
@@ -69,17 +71,46 @@ class EventLog:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / name
         with self._locked(path) as handle:
-            seen = {row.get(id_field) for row in self._lines(path)}
+            seen = self._seen_ids(path, id_field)
             fresh = []
             for record_id, text in records:
                 if record_id not in seen:
                     seen.add(record_id)
                     fresh.append(text)
             if fresh:
-                handle.write("".join(text + "\n" for text in fresh))
+                # A crashed writer's torn tail ends without a newline: start on a line of our own.
+                size = handle.seek(0, os.SEEK_END)
+                with path.open("rb") as tail:
+                    torn = size > 0 and tail.seek(size - 1) >= 0 and tail.read(1) != b"\n"
+                handle.write(("\n" if torn else "") + "".join(text + "\n" for text in fresh))
                 handle.flush()
                 os.fsync(handle.fileno())
+                # What this process wrote is known; only other writers' lines need reading next time.
+                self._seen[name] = (handle.tell(), seen)
         return len(fresh)
+
+    def _seen_ids(self, path: Path, id_field: str) -> set[str]:
+        """Ids already in ``path`` (caller holds the lock): the lines past what this instance read last.
+
+        A policy pass appends one action at a time; rereading the whole file for each would make
+        a busy day quadratic. The file only grows, so the ids read so far stay valid.
+        """
+        offset, seen = self._seen.get(path.name, (0, set()))
+        if path.stat().st_size < offset:
+            offset, seen = 0, set()
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            tail = handle.read()
+        complete = tail.rfind(b"\n") + 1
+        for line in tail[:complete].splitlines():
+            if not line.strip():
+                continue
+            try:
+                seen.add(json.loads(line).get(id_field))
+            except json.JSONDecodeError:
+                self.unreadable_lines += 1
+        self._seen[path.name] = (offset + complete, seen)
+        return seen
 
     @contextmanager
     def _locked(self, path: Path) -> Iterator[object]:

@@ -271,8 +271,10 @@ class LiveSummary:
     outage_requests: int
     outage_failed: int
     outage_fallback_share: float
-    events: list[tuple[str, str, str, str, str]]
-    actions: list[tuple[str, str, str, str]]
+    #: (first at, kind, severity, segment, subject, firing count), one per incident subject.
+    events: list[tuple[str, str, str, str, str, int]]
+    #: (first at, action, status, policy rule, count).
+    actions: list[tuple[str, str, str, str, int]]
 
 
 def summarize(result: LiveDayResult) -> LiveSummary:
@@ -291,10 +293,14 @@ def summarize(result: LiveDayResult) -> LiveSummary:
         speed = result.settings.serving.replay_speed
         lo, hi = ((t - result.start).total_seconds() / speed for t in result.outage)
         during = [a for a in answers if lo <= a.sent_s < hi]
-    events = [(e.observed_at.strftime("%H:%M"), e.kind, e.severity, ",".join(f"{k}={v}" for k, v in sorted(e.segment.items())), e.subject)
-              for s in result.steps for e in s.events if e.state == "firing"]
-    actions = [(a.decided_at.strftime("%H:%M"), a.action, a.status, a.reason)
-               for s in result.steps for a in s.actions]
+    events: dict[tuple[str, str, str, str], list] = {}
+    for e in (e for step in result.steps for e in step.events if e.state == "firing"):
+        key = (e.kind, e.severity, ",".join(f"{k}={v}" for k, v in sorted(e.segment.items())), e.subject)
+        events.setdefault(key, [e.observed_at.strftime("%H:%M"), *key, 0])[-1] += 1
+    actions: dict[tuple[str, str, str], list] = {}
+    for a in (a for step in result.steps for a in step.actions):
+        key = (a.action, a.status, a.reason.split(":", 1)[0])
+        actions.setdefault(key, [a.decided_at.strftime("%H:%M"), *key, 0])[-1] += 1
     return LiveSummary(
         requests=len(answers), failed=result.failed,
         p50_ms=percentile_ms(ok, 50.0), p99_ms=percentile_ms(ok, 99.0),
@@ -302,5 +308,5 @@ def summarize(result: LiveDayResult) -> LiveSummary:
         degraded_share=float(np.mean([a.degraded for a in ok])) if ok else 0.0,
         outage_requests=len(during), outage_failed=sum(not a.ok for a in during),
         outage_fallback_share=float(np.mean([a.arm == "fallback" for a in during if a.ok])) if during else 0.0,
-        events=events, actions=actions,
+        events=[tuple(v) for v in events.values()], actions=[tuple(v) for v in actions.values()],
     )

@@ -8,6 +8,7 @@ deploys unchanged on a multi-node cluster through ``cluster/serve_config.yaml``.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -91,7 +92,9 @@ def connect() -> None:
     from ray._private.authentication.authentication_token_setup import maybe_enable_token_auth_if_token_available
 
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
-    ray.init(address=RAY_ADDRESS, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(address=RAY_ADDRESS, ignore_reinit_error=True, log_to_driver=False, logging_level=logging.WARNING)
+    # Serve's driver-side INFO lines ("Started Serve", "Deleting app") would scroll through the CLI's output.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def base_url(settings: Settings) -> str:

@@ -18,6 +18,8 @@ Per (segment, feature) the report gives:
   here on the paired rows.
 - ``mismatch_ratio``: median served/offline ratio over the mismatching rows: a unit bug
   reads as its exact factor (0.621 for km/h pushed as mph), a stale cache as a spread;
+- ``served_ahead``: rows left out because serving read a value stamped after the request
+  (:func:`served_ahead`: a time-compressed replay's artefact, never live);
 - ``skewed``: mismatch rate at least ``min_mismatch`` on at least ``min_rows`` rows.
 
 Where a bug shows up: a segment flags where served values come from a path the warehouse does
@@ -35,7 +37,8 @@ import numpy as np
 import pandas as pd
 
 from cluster.config import Settings
-from contracts.prediction_log import LOCATION_QUANTA, MODEL_FEATURES, coarsen_location, feature_column
+from contracts.features import FEATURE_GROUPS
+from contracts.prediction_log import LOCATION_QUANTA, MODEL_FEATURES, age_column, coarsen_location, feature_column
 from eval import drift
 from serve_apps.prediction_log import read_prediction_log
 
@@ -99,6 +102,22 @@ def offline_matrix(offline: pd.DataFrame, features: Sequence[str] = MODEL_FEATUR
     return by_feature[keep].T
 
 
+def served_ahead(log: pd.DataFrame) -> np.ndarray:
+    """Rows served a value stamped after their own request time (a negative age in any group).
+
+    Live, nothing is served from the future. A time-compressed replay delivers the feeds a few
+    wall seconds ahead of its clock, so the cache has a job's values when it comes
+    (``simulator.live_feed``); an entity pushed again within that lead is then served its next
+    value. Such a row has no point-in-time counterpart and is left out of the comparison
+    (counted in ``served_ahead``) rather than reported as skew.
+    """
+    ages = [log[age_column(g.name)].to_numpy(np.float64) for g in FEATURE_GROUPS if age_column(g.name) in log.columns]
+    if not ages:
+        return np.zeros(len(log), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        return np.any(np.column_stack(ages) < 0, axis=1)
+
+
 def skew_report(
     log: pd.DataFrame,
     offline: pd.DataFrame,
@@ -115,6 +134,8 @@ def skew_report(
     offline row are counted in ``unpaired``. Sorted worst first.
     """
     right = offline.rename(columns={"request_ts": "requested_at"})
+    ahead = served_ahead(log)
+    log = log[~ahead]
     pairs = log[[*JOIN_KEYS, segment, *(feature_column(f) for f in features)]].merge(
         right[[*JOIN_KEYS, *MODEL_FEATURES]], on=list(JOIN_KEYS), how="left", indicator=True, validate="many_to_one"
     )
@@ -130,6 +151,7 @@ def skew_report(
     if report.empty:
         return report
     report["unpaired"] = int(unpaired.sum())
+    report["served_ahead"] = int(ahead.sum())
     report["skewed"] = (report["mismatch_rate"] >= min_mismatch) & (report["n"] >= min_rows)
     return report.sort_values(["skewed", "mismatch_rate", "wasserstein_norm"], ascending=False, kind="stable").reset_index(drop=True)
 

@@ -106,6 +106,8 @@ GROUP_COLUMNS = _group_columns()
 
 #: A refresh that takes longer than this marks the group's store as unavailable.
 REFRESH_DEADLINE_S = 3.0
+#: How long a starting replica waits for every group's first load before it reports ready.
+FIRST_LOAD_WAIT_S = 120.0
 
 
 def _scores(raw: dict[str, Any]) -> ArmScores:
@@ -180,9 +182,9 @@ class FeatureRefresher:
             self._load = with_deadline(feast_loader(self._store), REFRESH_DEADLINE_S)
         return self._load
 
-    def refresh(self, cadence: str | None = None, only: dict[str, np.ndarray] | None = None) -> None:
+    def refresh(self, cadence: str | None = None, only: dict[str, np.ndarray] | None = None, groups: set[str] | None = None) -> None:
         for g in FEATURE_GROUPS:
-            if cadence is not None and g.cadence != cadence:
+            if (cadence is not None and g.cadence != cadence) or (groups is not None and g.name not in groups):
                 continue
             ids = self.entity_ids[g.entity] if only is None else only[g.entity]
             if len(ids) == 0:
@@ -203,6 +205,18 @@ class FeatureRefresher:
     def start(self) -> None:
         def run() -> None:
             self.refresh()
+            # Ready once every group loaded once: a replica answering from an empty cache would
+            # send every job to the fallback. A big group's first load can overrun the refresh
+            # deadline (it goes on in the background, see ``with_deadline``), so wait for it; a
+            # store that stays down lets the replica come up after FIRST_LOAD_WAIT_S anyway, to
+            # serve from the fallback.
+            waited = time.monotonic() + FIRST_LOAD_WAIT_S
+            while not self._stop.is_set() and time.monotonic() < waited:
+                unloaded = {g.name for g in FEATURE_GROUPS if self.cache.health[g.name].last_success_at is None}
+                if not unloaded:
+                    break
+                self._stop.wait(0.5)
+                self.refresh(groups=unloaded)
             self.loaded_once.set()
             last_batch = last_full = time.monotonic()
             serving = self.settings.serving

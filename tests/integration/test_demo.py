@@ -1,4 +1,11 @@
-"""The README's main job, shortened: ``dispatchml demo`` from an empty directory to registered models.
+"""The README's main job, shortened: ``dispatchml demo`` from an empty directory to the day's report.
+
+24 days of history on a small world, then 05:00-11:00 of the live day replayed at 120x through the
+running service (Ray Serve on loopback, Feast pushes, the monitor, the policy and the release
+controller on the replay clock), with the traffic feed of region 5 switching to mph at 06:00 and
+the online store down from 08:00 to 08:45. The day must end with: no failed request, the
+outage served through the fallback, a data-quality page naming the feature and region 5, that
+feature group switched to the fallback there and no retraining for it, and the HTML report.
 
 Also where the model-quality promises are checked on the simulated world itself (not a
 synthetic frame): the ETA champion beats the feature-free fallback on held-out MAE in every
@@ -11,27 +18,40 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
+from cluster.demo import DemoOptions
+from cluster.event_log import EventLog
 from retrain.registry import ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DISPATCHML = Path(sys.executable).with_name("dispatchml")
+#: The busiest region of the test world (a third of demand).
+UNIT_REGION = 5
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     workdir = tmp_path_factory.mktemp("demo")
+    scenario = workdir.parent / "live_unit_bug.yaml"
+    scenario.write_text(yaml.safe_dump({
+        "name": "live-unit-bug", "description": "region 5 traffic feed in mph from 06:00 of the live day (day 24)",
+        "incidents": [{"kind": "unit_change", "start_day": 24 + 6 / 24, "duration": "12h", "segment": {"region_id": [UNIT_REGION]},
+                       "feature": "cell_traffic.speed_kmh", "size": 0.621}],
+    }))
     env = {**os.environ, "COLUMNS": "200"}
     done = subprocess.run(
         [
             str(DISPATCHML), "demo", "--workdir", str(workdir), "--days", "24", "--events-per-day", "20000",
             "--cells", "1200", "--regions", "6", "--providers", "4000",
+            "--scenario", str(scenario), "--live-start-hour", "5", "--live-hours", "6", "--speed", "120", "--outage-hour", "8",
         ],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True, text=True, timeout=1200, env=env,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return workdir, done
@@ -70,3 +90,37 @@ def test_acceptance_ece_is_reported_and_below_005(demo_run: tuple[Path, subproce
     assert "ece" in meta.metrics
     assert meta.metrics["ece"] < 0.05, json.dumps(meta.metrics)
     assert meta.metrics["n"] > 1000
+
+
+def test_live_day_answers_every_request_and_serves_the_outage_from_the_fallback(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, done = demo_run
+    summary = json.loads((workdir / "reports" / "live_day.json").read_text())
+    assert summary["requests"] > 500
+    assert summary["failed"] == 0, summary
+    assert summary["outage_requests"] > 0 and summary["outage_failed"] == 0
+    assert summary["outage_fallback_share"] > 0.5, summary
+    assert "live day" in done.stdout and "online-store outage" in done.stdout
+
+
+def test_live_day_unit_bug_pages_and_switches_the_feed_to_fallback_without_retraining(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, _ = demo_run
+    log = EventLog(workdir / "events")
+    events = {e.event_id: e for e in log.events()}
+    onset = datetime.combine(DemoOptions(workdir=workdir).start, time(6), UTC) + timedelta(days=24)
+    named = [e for e in events.values() if e.kind == "data_quality" and e.state == "firing" and e.severity == "page"
+             and e.segment.get("region_id") == UNIT_REGION and e.subject.startswith("cell_traffic") and e.observed_at > onset]
+    assert named, sorted({(e.kind, e.severity, str(e.segment), e.subject) for e in events.values()})
+    actions = log.actions()
+    switched = [a for a in actions if a.action == "fallback_feature_group" and a.status == "taken" and events[a.event_id].segment.get("region_id") == UNIT_REGION
+                and events[a.event_id].subject.startswith("cell_traffic")]
+    assert switched
+    retrained = [a for a in actions if a.action == "retrain" and a.status == "taken" and events[a.event_id].segment.get("region_id") == UNIT_REGION]
+    assert retrained == []
+
+
+def test_live_day_ends_with_the_report(demo_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, done = demo_run
+    report = workdir / "reports" / "live_day.html"
+    assert report.exists() and str(report) in done.stdout.replace("\n", "")
+    html = report.read_text()
+    assert "cell_traffic" in html and "fallback_feature_group" in html

@@ -64,3 +64,21 @@ def test_segments_cannot_name_a_member_or_job() -> None:
     with pytest.raises(ValidationError, match="labels of at most"):
         Event(event_id="x", kind="drift", severity="info", source="psi", subject="f", observed_at=T0, detected_at=T0,
               summary="s", evidence={"note": "x" * 500})
+
+
+def test_two_writers_never_duplicate_an_event_and_each_reads_only_the_new_lines(tmp_path: Path) -> None:
+    a, b = EventLog(tmp_path), EventLog(tmp_path)
+    events = [_event(minutes=m) for m in range(6)]
+    assert a.append(events[:3]) == 3
+    assert b.append(events[1:4]) == 1  # b has never read the file: it must see a's lines first
+    assert a.append(events[2:5]) == 1  # a read up to its own write; b's line came after it
+    assert b.append(events) == 1
+    # A torn, unacknowledged tail from a crashed writer is not taken for a record.
+    with (tmp_path / "events.jsonl").open("a") as handle:
+        handle.write('{"event_id": "torn')
+    assert a.append(events) == 0
+    late = _event(minutes=30)
+    assert b.append([late]) == 1  # written on a line of its own, after the torn one
+    reader = EventLog(tmp_path)
+    assert [e.event_id for e in reader.events()] == [e.event_id for e in [*events, late]]
+    assert reader.unreadable_lines == 1

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm, wasserstein_distance
 
+from contracts.prediction_log import MODEL_FEATURES
 from eval.calibration import brier_score, log_loss, pit_from_quantiles, pit_histogram
 from eval.estimation import (
     IntervalLossEstimator,
@@ -19,7 +20,7 @@ from eval.estimation import (
     realized_acceptance,
 )
 from eval.labels import completeness_age_s, completeness_watermark, join_labels, matured, maturity_curve
-from eval.skew import feature_skew, mismatch_mask, normalized_wasserstein
+from eval.skew import feature_skew, mismatch_mask, normalized_wasserstein, served_ahead, skew_report
 
 T0 = datetime(2026, 3, 2, 12, tzinfo=UTC)
 
@@ -158,3 +159,21 @@ def test_feature_skew_reads_a_unit_bug_as_its_factor() -> None:
     assert stats["mismatch_ratio"] == pytest.approx(0.621)
     assert stats["wasserstein_norm"] == pytest.approx(wasserstein_distance(offline, served) / np.std(offline))
     assert normalized_wasserstein(offline, offline) == 0.0
+
+
+def test_rows_served_a_value_from_after_their_request_are_left_out_of_skew() -> None:
+    rows = 40
+    log = pd.DataFrame({
+        "job_id": [f"j{i}" for i in range(rows)], "provider_id": np.arange(rows), "requested_at": pd.Timestamp("2026-01-05", tz="UTC"),
+        "region_id": 1, "feature__cell_traffic__speed_kmh": np.full(rows, 40.0, np.float32),
+        "age_s__cell_traffic": np.where(np.arange(rows) < 10, -30.0, 60.0), "age_s__provider_status": 5.0,
+    })
+    # The first ten were served the next push (stamped 30 s after their request): another value.
+    log.loc[:9, "feature__cell_traffic__speed_kmh"] = 55.0
+    assert served_ahead(log).tolist() == [True] * 10 + [False] * 30
+    offline = log[["job_id", "provider_id", "requested_at"]].rename(columns={"requested_at": "request_ts"})
+    for name in MODEL_FEATURES:
+        offline[name] = 40.0 if name == "cell_traffic__speed_kmh" else np.nan
+    report = skew_report(log, offline, features=["cell_traffic__speed_kmh"])
+    assert report.loc[0, "served_ahead"] == 10 and report.loc[0, "n"] == 30
+    assert report.loc[0, "mismatch_rate"] == 0.0 and not report.loc[0, "skewed"]
