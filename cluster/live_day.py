@@ -37,7 +37,7 @@ from cluster.actions import RetrainFn
 from cluster.closed_loop import LoopRunner, LoopStep
 from cluster.config import Settings
 from cluster.load import Answer, Job, LoadProcess
-from serve_apps.clock import ServiceClock, replay_clock_path, start_replay_clock
+from serve_apps.clock import ServiceClock, replay_clock_path, start_replay_clock, stop_replay_clock
 from simulator.live_feed import FeedPusher, PusherProcess, live_window, monotonic_at, wall_schedule
 from simulator.scenarios import Scenario
 
@@ -249,7 +249,9 @@ def run_live_day(
         if outage_thread is not None:
             outage_thread.join(30)
         load.close()
-        if not options.keep_running:
+        if options.keep_running:
+            stop_replay_clock(registry_root, end.timestamp())
+        else:
             serve.down(live)
     return LiveDayResult(
         start, end, live, answers, steps, (span[0], span[1]) if len(span) == 2 else None,

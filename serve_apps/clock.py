@@ -11,7 +11,8 @@ a day into minutes therefore needs one clock they all share::
 deployed. ``wall_origin`` is written to ``<registry>/replay_clock.json`` by the replay driver the
 moment its traffic starts, because nobody can predict how long the app takes to come up (Ray,
 replicas, the first feature load); until then the simulated clock stands still at
-``replay_start``. The router, the monitor and the release controller all read that file, so they
+``replay_start``; a service kept running after its replay has its clock stopped where the replay
+ended (:func:`stop_replay_clock`). The router, the monitor and the release controller all read that file, so they
 agree on the time without talking to each other.
 
 Only the time the data carries is simulated. Periods the code waits for (cache refresh, breaker
@@ -52,6 +53,14 @@ def start_replay_clock(registry_root: Path | str, wall_origin: float | None = No
     return origin
 
 
+def stop_replay_clock(registry_root: Path | str, simulated: float) -> None:
+    """Stop every replay clock reading ``registry_root`` at ``simulated`` (a service kept running after its replay)."""
+    path = replay_clock_path(registry_root)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps({"wall_origin": time.time(), "stopped_at": float(simulated)}))
+    os.replace(temp, path)
+
+
 @dataclass
 class ServiceClock:
     """``now()`` in epoch seconds: wall time, or simulated time when ``speed`` > 1."""
@@ -60,6 +69,7 @@ class ServiceClock:
     replay_start: float | None = None
     registry_root: Path | None = None
     _origin: float | None = field(default=None, init=False)
+    _stopped_at: float | None = field(default=None, init=False)
     _checked: float = field(default=float("-inf"), init=False)
 
     @classmethod
@@ -87,6 +97,8 @@ class ServiceClock:
             return wall
         origin = self._wall_origin()
         assert self.replay_start is not None
+        if self._stopped_at is not None:
+            return self._stopped_at
         return self.replay_start if origin is None else self.replay_start + max(0.0, wall - origin) * self.speed
 
     def wall_at(self, simulated: float) -> float | None:
@@ -106,7 +118,8 @@ class ServiceClock:
             self._checked = checked
             assert self.registry_root is not None
             try:
-                self._origin = float(json.loads(replay_clock_path(self.registry_root).read_text())["wall_origin"])
+                state = json.loads(replay_clock_path(self.registry_root).read_text())
+                self._origin, self._stopped_at = float(state["wall_origin"]), state.get("stopped_at")
             except FileNotFoundError:
-                self._origin = None
+                self._origin, self._stopped_at = None, None
         return self._origin
