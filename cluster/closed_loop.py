@@ -75,7 +75,7 @@ def run_closed_loop(
     data_root, registry_root = Path(settings.paths.data), Path(settings.paths.registry)
     log_root = Path(settings.paths.root) / "prediction_log"
     monitor, events = Monitor(settings), EventLog(settings.paths.events)
-    executor = Executor(registry_root, retrain=retrain)
+    executor = Executor(registry_root, retrain=retrain, settings=settings)
     registry = ModelRegistry(registry_root)
     steps: list[LoopStep] = []
     t = start

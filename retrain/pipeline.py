@@ -92,6 +92,7 @@ def train_from_warehouse(
 
     say = step or (lambda _: None)
     data_root = Path(data_root or settings.paths.data)
+    moved_at = as_of
     span_start, as_of, holdout_start, requests_end = request_bounds(settings, data_root, as_of)
     train = settings.train
     start = max(span_start, holdout_start - timedelta(days=train.window_days))
@@ -121,6 +122,7 @@ def train_from_warehouse(
         registry,
         lineage={"data_root": str(data_root), "as_of": as_of.isoformat(), **(lineage or {})},
         set_alias=set_alias,
+        at=moved_at,
     )
     return TrainingRun(result, versions, (start, requests_end), as_of, len(labelled), seconds)
 
@@ -223,6 +225,7 @@ def retrain_from_warehouse(
         update={k: v for k, v in {"recent_days": recent_days, "history_days": history_days}.items() if v is not None}
     )
     data_root = Path(data_root or settings.paths.data)
+    moved_at = as_of
     data_start, as_of, holdout_start, requests_end = request_bounds(settings, data_root, as_of)
     window = retrain_window(
         data_start, holdout_start, requests_end, retrain.recent_days, retrain.history_days, retrain.history_fraction
@@ -285,7 +288,9 @@ def retrain_from_warehouse(
         gate_champion=champion.version if champion else None,
         gate_checks=[] if verdict is None else [asdict(c) for c in verdict.checks if c.verdict != "ignored"],
     )
-    versions = register_models(result, registry, lineage=lineage, set_alias=alias)
+    # A run at an explicit data time (the closed loop on simulated time) moves the alias at that
+    # time: the clock of the prediction log the release controller compares alias moves with.
+    versions = register_models(result, registry, lineage=lineage, set_alias=alias, at=moved_at)
     seconds["register"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     return RetrainRun(

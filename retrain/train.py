@@ -21,6 +21,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -302,6 +303,7 @@ def register_models(
     lineage: Mapping[str, Any] | None = None,
     set_alias: Alias | None = None,
     moved_by: str = "retrain",
+    at: datetime | None = None,
 ) -> dict[str, str]:
     """Register eta, acceptance, fallback and the dispatch bundle; optionally point an alias at them.
 
@@ -360,7 +362,7 @@ def register_models(
     if set_alias is not None:
         reason = f"registered by train run ({(lineage or {}).get('trigger', 'manual')})"
         for name, version in versions.items():
-            registry.set_alias(name, set_alias, version, moved_by=moved_by, reason=reason)
+            registry.set_alias(name, set_alias, version, moved_by=moved_by, reason=reason, at=at)
     return versions
 
 
