@@ -164,7 +164,7 @@ class MonitorSettings(_Section):
     #: groups (the job's cell and region), whose value every candidate row of a job repeats.
     min_drift_rows: int = 100
     #: A drift finding becomes a ticket only once it has fired at every pass for this long.
-    drift_persistence_hours: float = 0.0
+    drift_persistence_hours: float = 12.0
     #: Concept drift per region: Page-Hinkley on the matured "arrived after the interval" indicator
     #: (scale-free: ~0.1 for an 80 % interval whatever the region's spread), ADWIN on the residuals.
     page_hinkley_threshold: float = 5.0

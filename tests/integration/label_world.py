@@ -71,14 +71,15 @@ def unit_change_feed(at_day: int) -> Scenario:
 
 def build_label_world(
     root: Path, *, incidents: bool = True, replay: bool = True, days: int = DAYS,
-    events_per_day: int = 5_000, regions: int = 24, cells: int = 480, providers: int = 1_200,
+    events_per_day: int = 5_000, regions: int = 24, cells: int = 480, providers: int = 1_200, scenario: Scenario | None = None,
 ) -> LabelWorld:
     """The world above; ``incidents=False`` is its control: same seed and size, no scenario at all.
 
     ``replay=False`` leaves the prediction log empty, for a caller that serves the days itself
     (the closed-loop test replays them step by step). ``days`` lengthens the world past day 9
     (the incidents run to its end); the size arguments shrink a control world (the incidents
-    need the default 24 regions).
+    need the default 24 regions). ``scenario`` is simulated into the warehouse instead of the
+    world's own incidents (``bench/closed_loop.py`` runs each of ``scenarios/*.yaml``).
     """
     if incidents and regions <= max(DRIFT_REGION, UNIT_REGION):
         raise ValueError(f"the incidents need regions {DRIFT_REGION} and {UNIT_REGION}; got {regions} regions")
@@ -90,7 +91,8 @@ def build_label_world(
     concept = Incident(kind="concept_drift", start_day=INCIDENT_DAY, duration=f"{max(days - INCIDENT_DAY, 10)}d", segment={"region_id": [DRIFT_REGION]}, size=0.35)
     simulate(SimulationSpec(
         out=Path(settings.paths.data), days=days, events_per_day=options.events_per_day, seed=options.seed, start=START,
-        cells=options.cells, regions=options.regions, providers=options.providers, scenario=Scenario(incidents=[concept] if incidents else []),
+        cells=options.cells, regions=options.regions, providers=options.providers,
+        scenario=scenario or Scenario(incidents=[concept] if incidents else []),
     ))
     apply(settings)
     sim_start = datetime(START.year, START.month, START.day, tzinfo=UTC)

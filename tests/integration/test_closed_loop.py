@@ -151,10 +151,11 @@ def test_the_retrained_candidate_is_shadowed_ramped_and_promoted_with_every_job_
     retrain = next(a for a in log.actions() if a.action == "retrain" and a.status == "taken")
     candidate = retrain.detail["dispatch_version"]
     first_champion = steps[0].champion
-    # The release's own record, in order: shadow, three canary steps, promotion.
+    # The release's own record, in order: three canary steps (after shadowing, on by default), promotion.
     release = [a for a in log.actions() if a.action in set(ACTION_KINDS.values()) - {"none"} and a.status == "taken"
                and a.detail.get("candidate") == candidate]
-    assert [a.action for a in release] == ["shadow", "canary_advance", "canary_advance", "canary_advance", "promote"], [(a.action, a.reason) for a in release]
+    assert [a.action for a in release] == ["canary_advance", "canary_advance", "canary_advance", "promote"], [(a.action, a.reason) for a in release]
+    assert release[0].detail["shadow"] and release[0].detail["requests_at_step"] >= settings.release.min_requests_per_step
     assert [s.challenger_weight for s in steps if s.challenger == candidate and s.challenger_weight > 0][-1] == 0.5
     promote = release[-1]
     # Promoted on the sequential test: ETA error better (upper bound of challenger - champion < 0),
@@ -194,7 +195,7 @@ def test_a_worse_candidate_is_rolled_back_and_the_champion_keeps_serving(worse) 
     rollback = [a for a in log.actions() if a.action == "rollback" and a.status == "taken" and a.detail.get("candidate") == candidate]
     assert len(rollback) == 1 and rollback[0].reason.startswith(("test_rejected", "burn_rate", "guardrail"))
     assert not [a for a in log.actions() if a.action == "promote"]
-    rolled_back_at = next(s.end for s in steps if s.release == "rollback" or s.release_reason.startswith("test_rejected"))
+    rolled_back_at = next(s.end for s in steps if s.release in ("test_rejected", "burn_rate", "guardrail"))
     assert all(s.champion == champion for s in steps)
     # The experiment is stopped: no challenger traffic or shadow scoring after the rollback.
     after = read_prediction_log(Path(settings.paths.root) / "prediction_log", rolled_back_at, steps[-1].end).to_pandas()
