@@ -166,8 +166,9 @@ class RetrainRun:
             "gate": self.gate_verdict,
             "champion": self.champion,
             "alias": self.alias,
-            "eta_trial": self.searches["eta"].best.trial_id,
-            "acceptance_trial": self.searches["acceptance"].best.trial_id,
+            # A family kept from the champion was not searched: "kept" instead of a trial.
+            "eta_trial": self.searches["eta"].best.trial_id if "eta" in self.searches else "kept",
+            "acceptance_trial": self.searches["acceptance"].best.trial_id if "acceptance" in self.searches else "kept",
             "seconds": round(self.seconds["total"], 1),
         }
 

@@ -52,7 +52,8 @@ from tests.integration.label_world import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-LOOP_DAYS = 13
+#: Long enough for the release to promote (day 9.75 with seed 7) and a day of the new champion.
+LOOP_DAYS = 12
 STEP = timedelta(hours=6)
 
 
@@ -133,13 +134,16 @@ def test_concept_drift_in_its_region_triggers_a_retrain_with_lineage(loop) -> No
     concept = [e for e in events.values() if e.kind in ("concept_drift", "slo_burn") and e.state == "firing"]
     assert concept and all(e.observed_at > onset for e in concept)
     assert concept[0].segment.get("region_id") == DRIFT_REGION
-    retrains = [a for a in log.actions() if a.action == "retrain" and a.status == "taken"]
-    assert len(retrains) == 1, [(a.action, a.status, a.reason) for a in log.actions() if a.action == "retrain"]
+    retrains = [a for a in log.actions() if a.action == "retrain" and a.status in ("taken", "failed")]
+    assert retrains and retrains[0].status == "taken", [(a.action, a.status, a.reason) for a in log.actions() if a.action == "retrain"]
     trigger = events[retrains[0].event_id]
     assert trigger.kind == "concept_drift" and trigger.segment.get("region_id") == DRIFT_REGION
     registry = ModelRegistry(settings.paths.registry)
     candidates = [registry.metadata("dispatch", v) for v in registry.versions("dispatch")]
-    assert any(m.lineage.get("trigger") == trigger.event_id for m in candidates)
+    assert any(m.lineage.get("trigger") == trigger.event_id and m.lineage.get("refit") == ["eta"] for m in candidates)
+    # Later retrain requests (the drift keeps firing) wait while its candidate is in release.
+    waited = [a for a in log.actions() if a.action == "retrain" and a.status == "skipped" and "in release" in str(a.detail.get("note"))]
+    assert waited and all(a.decided_at >= retrains[0].decided_at for a in waited)
     # Every row every step scored (served and shadow) is in the log: nothing dropped on the way.
     logged = read_prediction_log(Path(settings.paths.root) / "prediction_log", world.replay_start, world.end).to_pandas()
     assert sum(s.logged_rows for s in steps) == len(logged)
@@ -163,12 +167,13 @@ def test_the_retrained_candidate_is_shadowed_ramped_and_promoted_with_every_job_
     assert promote.detail["test"] == "promote" and promote.detail["eta_abs_error_upper"] < 0
     assert promote.detail["accept_log_loss_upper"] < settings.release.acceptance_margin
     promoted_at = next(s.end for s in steps if s.champion == candidate)
-    assert steps[-1].champion == candidate != first_champion
+    assert candidate != first_champion and all(s.champion == first_champion for s in steps if s.end < promoted_at)
     registry = ModelRegistry(settings.paths.registry)
     assert registry.alias("dispatch", "fallback").version == first_champion, "the old champion is the last-known-good"
-    # After the promotion the new champion serves every job outside the quarantine.
-    after = read_prediction_log(Path(settings.paths.root) / "prediction_log", promoted_at, world.end).to_pandas()
-    served = after[(after.role == "served") & (after.arm != "fallback")]
+    # From the promotion on, the new champion answers every job the champion arm serves.
+    until = next((s.end for s in steps if s.end > promoted_at and s.champion != candidate), world.end)
+    after = read_prediction_log(Path(settings.paths.root) / "prediction_log", promoted_at, until).to_pandas()
+    served = after[(after.role == "served") & (after.arm == "champion")]
     assert len(served) and (served.dispatch_version == candidate).all()
     _every_job_served(settings, world, world.end)
 
@@ -204,10 +209,14 @@ def test_a_worse_candidate_is_rolled_back_and_the_champion_keeps_serving(worse) 
 
 
 def test_a_control_month_pages_nothing(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """A month of a small world with no scenario, monitored and policed daily: no page, few tickets."""
+    """A month of a small world with no scenario, monitored and policed daily: no page, few tickets.
+
+    The skew check (a Feast retrieval, most of a pass's time) runs weekly here over a day's window;
+    ``bench/closed_loop.py`` runs the same month with it daily.
+    """
     world = build_label_world(tmp_path_factory.mktemp("control-month"), incidents=False, replay=False, days=36,
                               events_per_day=2_000, regions=12, cells=240, providers=600)
-    settings = world.settings.model_copy(update={"monitor": world.settings.monitor.model_copy(update={"skew_every_hours": 24, "skew_window_hours": 24})})
+    settings = world.settings.model_copy(update={"monitor": world.settings.monitor.model_copy(update={"skew_every_hours": 168, "skew_window_hours": 24})})
     steps = run_closed_loop(settings, world.replay_start, world.end, timedelta(hours=24), sim_start=world.sim_start)
     log = EventLog(settings.paths.events)
     pages = [a for a in log.actions() if a.action == "page"]
