@@ -104,6 +104,13 @@ def _every_job_served(settings: Settings, world: LabelWorld, until) -> None:
     assert set(served.job_id) == requested and served.job_id.is_unique
 
 
+def _first_candidate(settings: Settings) -> tuple[EventLog, str]:
+    """The event log and the dispatch version the loop's first retrain registered."""
+    log = EventLog(settings.paths.events)
+    retrain = next(a for a in log.actions() if a.action == "retrain" and a.status == "taken")
+    return log, str(retrain.detail["dispatch_version"])
+
+
 def test_unit_bug_pages_and_quarantines_without_retraining(loop) -> None:
     world, settings, steps = loop
     log = EventLog(settings.paths.events)
@@ -151,9 +158,7 @@ def test_concept_drift_in_its_region_triggers_a_retrain_with_lineage(loop) -> No
 
 def test_the_retrained_candidate_is_shadowed_ramped_and_promoted_with_every_job_answered(loop) -> None:
     world, settings, steps = loop
-    log = EventLog(settings.paths.events)
-    retrain = next(a for a in log.actions() if a.action == "retrain" and a.status == "taken")
-    candidate = retrain.detail["dispatch_version"]
+    log, candidate = _first_candidate(settings)
     first_champion = steps[0].champion
     # The release's own record, in order: three canary steps (after shadowing, on by default), promotion.
     release = [a for a in log.actions() if a.action in set(ACTION_KINDS.values()) - {"none"} and a.status == "taken"
@@ -193,9 +198,7 @@ def worse(world: tuple[LabelWorld, Path], tmp_path_factory: pytest.TempPathFacto
 
 def test_a_worse_candidate_is_rolled_back_and_the_champion_keeps_serving(worse) -> None:
     world, settings, steps = worse
-    log = EventLog(settings.paths.events)
-    retrain = next(a for a in log.actions() if a.action == "retrain" and a.status == "taken")
-    candidate = retrain.detail["dispatch_version"]
+    log, candidate = _first_candidate(settings)
     champion = steps[0].champion
     rollback = [a for a in log.actions() if a.action == "rollback" and a.status == "taken" and a.detail.get("candidate") == candidate]
     assert len(rollback) == 1 and rollback[0].reason.startswith(("test_rejected", "burn_rate", "guardrail"))
