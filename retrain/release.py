@@ -464,8 +464,10 @@ def apply_decision(settings: Settings, situation: ReleaseSituation, decision: Re
     root = settings.paths.registry
     registry = ModelRegistry(root)
     note = f"{decision.code}: {decision.reason}"[:480]
-    # Changes are stamped with the situation's time: the clock of the log the next step reads.
-    at = situation.as_of
+    # Changes are stamped with the situation's time, the clock of the log the next step reads
+    # (simulated time in cluster.closed_loop), but never later than now: a controller looking
+    # ahead for matured labels must not hide the requests served until then from its next step.
+    at = min(situation.as_of, datetime.now(UTC))
     try:
         if decision.action == "shadow":
             change_traffic(root, shadow=True, challenger_weight=0.0, changed_by=actor, reason=note, at=at)
