@@ -90,7 +90,7 @@ def detection(args: argparse.Namespace) -> list[tuple[str, str, str]]:
         try:
             fired, onset = _served(args, kind, None if feed is not None else scenario, feed)
         except Exception as exc:  # noqa: BLE001 - a scenario the loop cannot serve is a result of the bench, reported
-            rows.append((kind, "error", f"{type(exc).__name__}: {str(exc)[:120]}"))
+            rows.append((kind, "error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"))
             continue
         segment_regions = {r for i in scenario.incidents for r in (i.segment or {}).get("region_id", [])} or None
         noise = () if kind == "covariate_drift" else TICKET_NOISE

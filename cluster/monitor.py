@@ -24,7 +24,8 @@ One pass (:func:`run_pass`) at data time ``as_of``:
    features vs Feast's recomputation from the warehouse, which is where a unit bug in a push
    feed shows, as its factor); feature and
    prediction drift per region vs the reference (``eval.drift``: PSI over frozen bins, χ²,
-   Benjamini-Hochberg) tickets; concept drift (Page-Hinkley per region on the matured share of arrivals after the
+   Benjamini-Hochberg; the job's cell and region features counted once per job; a finding must
+   hold for ``drift_persistence_hours``) tickets; concept drift (Page-Hinkley per region on the matured share of arrivals after the
    promised interval) and
    the model-quality SLOs (ETA interval hit ratio, top-ranked provider accepted) evaluated with
    ``eval.burn_rate.alert_levels`` on the matured 5-minute counts page or ticket by tier;
