@@ -15,6 +15,9 @@ What each action does here:
   second. ``restore_feature_group`` lifts it when the incident resolves.
 * ``retrain``: calls the retrain function given to the executor (the closed loop passes Ray Tune
   retraining, which registers a candidate for release); without one it stays ``suggested``.
+  Given the settings, it is ``skipped`` while a release is under way
+  (``retrain.release.release_underway``): a drift incident that re-fires while its fix is in
+  shadow or canary must not replace that challenger and restart its experiment.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cluster.config import Settings
 from cluster.event_log import EventLog
 from contracts.events import ActionRecord, Event, EvidenceValue
 from contracts.features import REQUEST_FEATURES, group
 from retrain.policy import Decision, Policy, decide
+from retrain.release import release_underway
 from serve_apps.traffic_state import lift_quarantine, quarantine_group
 
 #: ``retrain(event) -> detail`` (e.g. the registered candidate's version); raises on failure.
@@ -42,10 +47,14 @@ class ActionError(RuntimeError):
 
 @dataclass
 class Executor:
-    """Carries out decisions against one registry (the serving state) with an optional retrainer."""
+    """Carries out decisions against one registry (the serving state) with an optional retrainer.
+
+    ``settings`` (of the same deployment) lets a retrain wait for a release under way.
+    """
 
     registry_root: Path
     retrain: RetrainFn | None = None
+    settings: Settings | None = None
     notified: list[Event] = field(default_factory=list)
 
     def carry_out(self, decision: Decision) -> tuple[str, dict[str, EvidenceValue]]:
@@ -68,10 +77,15 @@ class Executor:
             return "taken", {"feature_group": feature_group, "regions": ",".join(map(str, regions)) or "all"}
         if decision.action == "restore_feature_group":
             lift_quarantine(self.registry_root, incident_key=event.incident_key())
+            if event.subject in _REQUEST_FEATURES:
+                return "skipped", {"note": f"{event.subject} is a request feature; nothing was quarantined under its name"}
             return "taken", {"feature_group": feature_group_of(event.subject)}
         if decision.action == "retrain":
             if self.retrain is None:
                 return "suggested", {"note": "no retrainer attached; run dispatchml retrain --trigger <event id>"}
+            underway = release_underway(self.settings, event.observed_at) if self.settings is not None else None
+            if underway:
+                return "skipped", {"note": underway[:200]}
             return "taken", self.retrain(event)
         return "suggested", {"note": f"{decision.action} is carried out by the release controller"}
 

@@ -68,7 +68,7 @@ class LoopRunner:
         self.policy = policy or Policy.load(DEFAULT_POLICY)
         self.registry_root = Path(settings.paths.registry)
         self.monitor, self.events = Monitor(settings), EventLog(settings.paths.events)
-        self.executor = Executor(self.registry_root, retrain=retrain)
+        self.executor = Executor(self.registry_root, retrain=retrain, settings=settings)
         self.registry = ModelRegistry(self.registry_root)
 
     def step(self, start: datetime, until: datetime, logged_rows: int) -> LoopStep:

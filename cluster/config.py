@@ -172,7 +172,11 @@ class MonitorSettings(_Section):
     psi_threshold: float = 3.0
     psi_bias_multiple: float = 4.0
     drift_fdr: float = 0.01
+    #: Observations per column and side before a test: candidate rows, or jobs for the job-level
+    #: groups (the job's cell and region), whose value every candidate row of a job repeats.
     min_drift_rows: int = 100
+    #: A drift finding becomes a ticket only once it has fired at every pass for this long.
+    drift_persistence_hours: float = 12.0
     #: Concept drift per region: Page-Hinkley on the matured "arrived after the interval" indicator
     #: (scale-free: ~0.1 for an 80 % interval whatever the region's spread), ADWIN on the residuals.
     page_hinkley_threshold: float = 5.0

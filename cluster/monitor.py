@@ -24,7 +24,8 @@ One pass (:func:`run_pass`) at data time ``as_of``:
    features vs Feast's recomputation from the warehouse, which is where a unit bug in a push
    feed shows, as its factor); feature and
    prediction drift per region vs the reference (``eval.drift``: PSI over frozen bins, χ²,
-   Benjamini-Hochberg) tickets; concept drift (Page-Hinkley per region on the matured share of arrivals after the
+   Benjamini-Hochberg; the job's cell and region features counted once per job; a finding must
+   hold for ``drift_persistence_hours``) tickets; concept drift (Page-Hinkley per region on the matured share of arrivals after the
    promised interval) and
    the model-quality SLOs (ETA interval hit ratio, top-ranked provider accepted) evaluated with
    ``eval.burn_rate.alert_levels`` on the matured 5-minute counts page or ticket by tier;
@@ -103,6 +104,10 @@ def _group_columns() -> dict[str, list[int]]:
 
 
 GROUP_COLUMNS = _group_columns()
+#: Drift columns of job-level groups (the job's cell and region): every candidate row of a job
+#: repeats the same value, so their histograms count each job once (see ``_once_per_job``).
+JOB_LEVEL_DRIFT = np.array([c.removeprefix("feature__").split("__", 1)[0] in {g.name for g in FEATURE_GROUPS if g.entity in ("cell", "region")}
+                            for c in DRIFT_COLUMNS])
 _LOW = np.array([feature_range(f)[0] if f not in REQUEST_FEATURES else -np.inf for f in MODEL_FEATURES])
 _HIGH = np.array([feature_range(f)[1] if f not in REQUEST_FEATURES else np.inf for f in MODEL_FEATURES])
 
@@ -134,6 +139,8 @@ class MonitorState:
     last_concept_detection: dict[int, float] = field(default_factory=dict)
     detections: dict[tuple[int, str], int] = field(default_factory=dict)
     skew_checked_until: float | None = None
+    #: Drift finding key -> data time since which it has fired at every pass (``drift_persistence_hours``).
+    drift_since: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -321,7 +328,22 @@ def _ingest_log(state: MonitorState, settings: MonitorSettings, log_root: Path, 
     return read
 
 
+def _once_per_job(log: pd.DataFrame) -> pd.DataFrame:
+    """The drift columns with job-level features blanked (NaN, not counted) on all but a job's first row.
+
+    A job's candidates share its cell's traffic and its region's load: counting each candidate
+    row would count one observation ``candidates_per_job`` times, making the χ² p-values and
+    PSI's no-drift bias (both assume independent rows) several times too confident.
+    """
+    out = log[["region_id", "requested_s", *DRIFT_COLUMNS]].copy()
+    repeat = log["request_id"].duplicated().to_numpy()
+    for column in np.asarray(DRIFT_COLUMNS)[JOB_LEVEL_DRIFT]:
+        out.loc[repeat, column] = np.nan
+    return out
+
+
 def _ingest_drift(state: MonitorState, settings: MonitorSettings, log: pd.DataFrame, rng: np.random.Generator) -> None:
+    log = _once_per_job(log)
     ref_end = (state.log_start or 0.0) + settings.reference_hours * 3600
     in_reference = log["requested_s"].to_numpy() < ref_end
     if state.edges is None and in_reference.any():
@@ -614,7 +636,10 @@ def _drift_findings(state: MonitorState, settings: MonitorSettings, as_of: float
             evaluated.add(finding.key())
             if fires and finding.key() not in out:
                 out[finding.key()] = finding
-    return list(out.values())
+    # Persistence: a shift must hold at every pass for ``drift_persistence_hours`` of data time
+    # before it is a ticket; a passing change (one region's weather for a day) clears first.
+    state.drift_since = {key: state.drift_since.get(key, as_of) for key in out}
+    return [f for key, f in out.items() if as_of - state.drift_since[key] >= settings.drift_persistence_hours * 3600]
 
 
 def _outcome_findings(state: MonitorState, settings: MonitorSettings, watermarks: dict[str, float | None], evaluated: set[str], gauges: dict) -> list[Finding]:

@@ -92,6 +92,7 @@ def train_from_warehouse(
 
     say = step or (lambda _: None)
     data_root = Path(data_root or settings.paths.data)
+    moved_at = as_of
     span_start, as_of, holdout_start, requests_end = request_bounds(settings, data_root, as_of)
     train = settings.train
     start = max(span_start, holdout_start - timedelta(days=train.window_days))
@@ -121,6 +122,7 @@ def train_from_warehouse(
         registry,
         lineage={"data_root": str(data_root), "as_of": as_of.isoformat(), **(lineage or {})},
         set_alias=set_alias,
+        at=moved_at,
     )
     return TrainingRun(result, versions, (start, requests_end), as_of, len(labelled), seconds)
 
@@ -164,8 +166,9 @@ class RetrainRun:
             "gate": self.gate_verdict,
             "champion": self.champion,
             "alias": self.alias,
-            "eta_trial": self.searches["eta"].best.trial_id,
-            "acceptance_trial": self.searches["acceptance"].best.trial_id,
+            # A family kept from the champion was not searched: "kept" instead of a trial.
+            "eta_trial": self.searches["eta"].best.trial_id if "eta" in self.searches else "kept",
+            "acceptance_trial": self.searches["acceptance"].best.trial_id if "acceptance" in self.searches else "kept",
             "seconds": round(self.seconds["total"], 1),
         }
 
@@ -190,6 +193,23 @@ def trigger_lineage(settings: Settings, trigger: str | Event | None) -> dict[str
         "trigger": event.event_id,
         "trigger_event": {"kind": event.kind, "source": event.source, "subject": event.subject, "segment": event.segment},
     }
+
+
+#: Which model family an event is about (its subject), for a retrain that refits only that one.
+EVENT_FAMILIES: dict[str, str] = {"eta": "eta", "eta_interval_slo": "eta", "acceptance": "acceptance", "top_rank_accepted_slo": "acceptance"}
+
+
+def retrain_families(lineage: Mapping[str, Any]) -> tuple[str, ...]:
+    """The families a retrain refits: the one its trigger's quality event is about, else both.
+
+    A concept-drift or quality-SLO event names one model (the ETA residuals, the top-ranked
+    acceptance); refitting only that one keeps the champion's other model as it is, so the
+    release experiment tests one change, and a small retrain cannot make the untouched task
+    worse. Drift of inputs, a manual run or an unknown subject refit both.
+    """
+    event = lineage.get("trigger_event") or {}
+    family = EVENT_FAMILIES.get(str(event.get("subject"))) if event.get("kind") in ("concept_drift", "slo_burn") else None
+    return (family,) if family else ("eta", "acceptance")
 
 
 def retrain_from_warehouse(
@@ -223,6 +243,7 @@ def retrain_from_warehouse(
         update={k: v for k, v in {"recent_days": recent_days, "history_days": history_days}.items() if v is not None}
     )
     data_root = Path(data_root or settings.paths.data)
+    moved_at = as_of
     data_start, as_of, holdout_start, requests_end = request_bounds(settings, data_root, as_of)
     window = retrain_window(
         data_start, holdout_start, requests_end, retrain.recent_days, retrain.history_days, retrain.history_fraction
@@ -249,23 +270,26 @@ def retrain_from_warehouse(
     labelled = with_labels(frame, data_root, as_of)
     seconds["labels"] = time.perf_counter() - t
 
+    registry = ModelRegistry(settings.paths.registry)
+    champion = registry.alias("dispatch", "champion")
+    bundle = registry.load_model("dispatch", "champion") if champion is not None else None
+    families = retrain_families(lineage) if bundle is not None else ("eta", "acceptance")
+    kept = {f: getattr(bundle, f) for f in ("eta", "acceptance") if f not in families}
+
     t = time.perf_counter()
-    say(f"Ray Tune: {trials or retrain.trials} trials per model on {len(labelled):,} candidate rows")
-    searches = tune_models(labelled, run_settings, trials=trials)
+    say(f"Ray Tune: {trials or retrain.trials} trials per model ({', '.join(families)}) on {len(labelled):,} candidate rows")
+    searches = tune_models(labelled, run_settings, trials=trials, families=families)
     seconds["tune"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("fitting the candidate with the best trials")
-    result = fit_candidate(labelled, run_settings, searches)
+    result = fit_candidate(labelled, run_settings, searches, fitted=kept)
     seconds["fit"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say("gating against the champion")
-    registry = ModelRegistry(settings.paths.registry)
-    champion = registry.alias("dispatch", "champion")
     verdict: GateResult | None = None
-    if champion is not None:
-        bundle = registry.load_model("dispatch", "champion")
+    if bundle is not None:
         in_holdout = labelled.loc[labelled["request_ts"] >= result.split.holdout_start]
         eta_frame, acceptance_frame = holdout_predictions(
             in_holdout, (bundle.eta, bundle.acceptance), (result.eta, result.acceptance)
@@ -279,13 +303,17 @@ def retrain_from_warehouse(
         data_root=str(data_root),
         as_of=as_of.isoformat(),
         windows=window.lineage(),
+        refit=list(families),
+        kept_from_champion={f: registry.metadata("dispatch", champion.version).components[f] for f in kept} if champion else {},
         tune={family: s.lineage() for family, s in searches.items()},
         gate="no_champion" if verdict is None else ("passed" if verdict.passed else "failed"),
         gate_reason="no champion to compare with" if verdict is None else verdict.reason,
         gate_champion=champion.version if champion else None,
         gate_checks=[] if verdict is None else [asdict(c) for c in verdict.checks if c.verdict != "ignored"],
     )
-    versions = register_models(result, registry, lineage=lineage, set_alias=alias)
+    # A run at an explicit data time (the closed loop on simulated time) moves the alias at that
+    # time: the clock of the prediction log the release controller compares alias moves with.
+    versions = register_models(result, registry, lineage=lineage, set_alias=alias, at=moved_at)
     seconds["register"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - started
     return RetrainRun(

@@ -330,12 +330,15 @@ class ModelRegistry:
         moved_by: str,
         reason: str,
         expected_generation: int | None = None,
+        at: datetime | None = None,
     ) -> AliasRecord:
         """Point ``family@alias`` at ``version`` (verified first); a no-op if it already does.
 
         ``expected_generation`` makes the move a compare-and-set: it fails with
         :class:`AliasConflictError` if someone moved the alias since the caller read it
-        (0 means "the alias must not exist yet").
+        (0 means "the alias must not exist yet"). ``at`` is the move's time (default now): the
+        release controller compares it with prediction-log request times, so a controller run on
+        simulated time (``cluster.closed_loop``) records its moves on that clock.
         """
         self._check_alias(alias)
         self.verify(family, version)
@@ -345,9 +348,9 @@ class ModelRegistry:
             if current is not None and current.version == version:
                 return current
             stack = [*current.stack, current.version] if current else []
-            return self._move(family, alias, version, current, stack, "set", moved_by, reason)
+            return self._move(family, alias, version, current, stack, "set", moved_by, reason, at)
 
-    def rollback(self, family: str, alias: str, *, moved_by: str, reason: str = "rollback") -> AliasRecord:
+    def rollback(self, family: str, alias: str, *, moved_by: str, reason: str = "rollback", at: datetime | None = None) -> AliasRecord:
         """Restore the alias's previous target; call again to go further back."""
         self._check_alias(alias)
         with self._lock(family):
@@ -356,7 +359,7 @@ class ModelRegistry:
                 raise NothingToRollBackError(f"{family}@{alias} has no previous target to roll back to")
             target = current.stack[-1]
             self.verify(family, target)
-            return self._move(family, alias, target, current, current.stack[:-1], "rollback", moved_by, reason)
+            return self._move(family, alias, target, current, current.stack[:-1], "rollback", moved_by, reason, at)
 
     def history(self, family: str, alias: str | None = None) -> list[AliasMove]:
         """Alias moves of ``family`` in the order they happened, optionally for one alias."""
@@ -376,6 +379,7 @@ class ModelRegistry:
         action: Literal["set", "rollback"],
         moved_by: str,
         reason: str,
+        at: datetime | None = None,
     ) -> AliasRecord:
         """Write the new alias record atomically, then log the move. Caller holds the lock."""
         record = AliasRecord(
@@ -383,7 +387,7 @@ class ModelRegistry:
             alias=cast(Alias, alias),
             version=version,
             generation=(current.generation if current else 0) + 1,
-            moved_at=datetime.now(UTC),
+            moved_at=(at or datetime.now(UTC)).astimezone(UTC),
             moved_by=moved_by,
             reason=reason,
             previous_version=current.version if current else None,

@@ -274,6 +274,29 @@ def _stage(
     return "idle", champion.version, None, None
 
 
+def release_underway(settings: Settings, as_of: datetime | None = None) -> str | None:
+    """Why a new candidate should wait for the release in progress, or None when there is none.
+
+    A challenger in shadow or canary is already the answer to the drift that asks for a retrain
+    (its evidence is still accruing), and registering another challenger would end that
+    experiment and start over; a champion on probation was promoted so recently that its own
+    matured labels are not in yet, so detections still describe the model it replaced.
+    """
+    as_of = as_of or datetime.now(UTC)
+    registry = ModelRegistry(settings.paths.registry)
+    champion = registry.alias("dispatch", "champion")
+    if champion is None:
+        return None
+    challenger = registry.alias("dispatch", "challenger")
+    state = read_state(registry.root)
+    stage, _, candidate, _ = _stage(registry, EventLog(settings.paths.events), champion, challenger, state, as_of, settings.release)
+    if stage in ("shadow", "canary", "manual"):
+        return f"challenger {candidate} is in release ({stage}); its outcome decides before another retrain"
+    if stage == "probation":
+        return f"{candidate} was promoted at {champion.moved_at.isoformat()} and is on probation; its matured labels are not in yet"
+    return None
+
+
 def _parse_time(text: str) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -441,24 +464,28 @@ def apply_decision(settings: Settings, situation: ReleaseSituation, decision: Re
     root = settings.paths.registry
     registry = ModelRegistry(root)
     note = f"{decision.code}: {decision.reason}"[:480]
+    # Changes are stamped with the situation's time, the clock of the log the next step reads
+    # (simulated time in cluster.closed_loop), but never later than now: a controller looking
+    # ahead for matured labels must not hide the requests served until then from its next step.
+    at = min(situation.as_of, datetime.now(UTC))
     try:
         if decision.action == "shadow":
-            change_traffic(root, shadow=True, challenger_weight=0.0, changed_by=actor, reason=note)
+            change_traffic(root, shadow=True, challenger_weight=0.0, changed_by=actor, reason=note, at=at)
         elif decision.action == "advance":
             steps = tuple(settings.release.canary_steps) if situation.canary_step is None else None
-            change_traffic(root, canary="advance", canary_steps=steps, changed_by=actor, reason=note)
+            change_traffic(root, canary="advance", canary_steps=steps, changed_by=actor, reason=note, at=at)
         elif decision.action == "promote":
             # Champion first: with challenger == champion the split has no challenger, so every job
             # goes to the promoted version at once; then reset the split for the next experiment.
             registry.set_alias("dispatch", "champion", situation.candidate, moved_by=actor, reason=note,
-                               expected_generation=situation.champion_generation)
+                               expected_generation=situation.champion_generation, at=at)
             registry.set_alias("dispatch", "fallback", situation.baseline, moved_by=actor,
-                               reason=f"last-known-good before {situation.candidate}")
-            change_traffic(root, challenger_weight=0.0, changed_by=actor, reason=note)
+                               reason=f"last-known-good before {situation.candidate}", at=at)
+            change_traffic(root, challenger_weight=0.0, changed_by=actor, reason=note, at=at)
         elif decision.action == "rollback":
             if situation.stage == "probation":
-                registry.rollback("dispatch", "champion", moved_by=actor, reason=note)
-            change_traffic(root, challenger_weight=0.0, shadow=False, changed_by=actor, reason=note)
+                registry.rollback("dispatch", "champion", moved_by=actor, reason=note, at=at)
+            change_traffic(root, challenger_weight=0.0, shadow=False, changed_by=actor, reason=note, at=at)
     except Exception as exc:
         record_decision(settings, situation, decision, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise

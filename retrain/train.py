@@ -21,6 +21,7 @@ import hashlib
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -132,8 +133,12 @@ def train_models(
     acceptance_params: Mapping[str, Any] | None = None,
     seed: int = 0,
     num_threads: int = 0,
+    fitted: Mapping[str, EtaModel | AcceptanceModel] | None = None,
 ) -> TrainingResult:
     """Split by time, fit the three models, and score them on the holdout.
+
+    ``fitted`` maps ``eta`` / ``acceptance`` to an already fitted model to keep instead of fitting
+    one (a retrain of one family keeps the champion's other model); it is scored like the rest.
 
     ``calibration_days`` defaults to half the holdout (at least one day). ``eta_params`` and
     ``acceptance_params`` override constructor arguments (e.g. ``min_data_in_leaf``); the
@@ -161,16 +166,21 @@ def train_models(
     }
     fit_seconds: dict[str, float] = {}
 
+    fitted = fitted or {}
     started = time.perf_counter()
     eta_train, eta_cal = _known(train, "arrival_minutes"), _known(calibration, "arrival_minutes")
-    eta = EtaModel(**{"coverage": train_settings.interval_coverage, **capacity, **(eta_params or {})})
-    eta.fit(eta_train, eta_train["arrival_minutes"], eta_cal, eta_cal["arrival_minutes"])
+    eta = fitted.get("eta")
+    if eta is None:
+        eta = EtaModel(**{"coverage": train_settings.interval_coverage, **capacity, **(eta_params or {})})
+        eta.fit(eta_train, eta_train["arrival_minutes"], eta_cal, eta_cal["arrival_minutes"])
     fit_seconds["eta"] = time.perf_counter() - started
 
     started = time.perf_counter()
     acc_train, acc_cal = _known(train, "accepted"), _known(calibration, "accepted")
-    acceptance = AcceptanceModel(**{**capacity, **(acceptance_params or {})})
-    acceptance.fit(acc_train, acc_train["accepted"], acc_cal, acc_cal["accepted"])
+    acceptance = fitted.get("acceptance")
+    if acceptance is None:
+        acceptance = AcceptanceModel(**{**capacity, **(acceptance_params or {})})
+        acceptance.fit(acc_train, acc_train["accepted"], acc_cal, acc_cal["accepted"])
     fit_seconds["acceptance"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -302,6 +312,7 @@ def register_models(
     lineage: Mapping[str, Any] | None = None,
     set_alias: Alias | None = None,
     moved_by: str = "retrain",
+    at: datetime | None = None,
 ) -> dict[str, str]:
     """Register eta, acceptance, fallback and the dispatch bundle; optionally point an alias at them.
 
@@ -360,7 +371,7 @@ def register_models(
     if set_alias is not None:
         reason = f"registered by train run ({(lineage or {}).get('trigger', 'manual')})"
         for name, version in versions.items():
-            registry.set_alias(name, set_alias, version, moved_by=moved_by, reason=reason)
+            registry.set_alias(name, set_alias, version, moved_by=moved_by, reason=reason, at=at)
     return versions
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -356,19 +356,24 @@ def search(
 
 
 def tune_models(
-    frame: pd.DataFrame, settings: Settings, *, trials: int | None = None, storage: Path | None = None
+    frame: pd.DataFrame, settings: Settings, *, trials: int | None = None, storage: Path | None = None,
+    families: Sequence[str] | None = None,
 ) -> dict[str, SearchResult]:
-    """Search the ETA and the acceptance booster on ``frame`` (see the module docstring)."""
-    return {family: search(family, tune_slices(frame, settings, family), settings, trials=trials, storage=storage) for family in _FAMILIES}
+    """Search the ETA and the acceptance booster (or only ``families``) on ``frame`` (see the module docstring)."""
+    return {family: search(family, tune_slices(frame, settings, family), settings, trials=trials, storage=storage)
+            for family in _FAMILIES if families is None or family in families}
 
 
-def fit_candidate(frame: pd.DataFrame, settings: Settings, searches: Mapping[str, SearchResult]) -> TrainingResult:
-    """``train_models`` with each family's winning parameters: the candidate dispatch version's models."""
+def fit_candidate(
+    frame: pd.DataFrame, settings: Settings, searches: Mapping[str, SearchResult], fitted: Mapping[str, Any] | None = None
+) -> TrainingResult:
+    """``train_models`` with each searched family's winning parameters; ``fitted`` models are kept as they are."""
     return train_models(
         frame,
         settings,
-        eta_params=searches["eta"].model_params(),
-        acceptance_params=searches["acceptance"].model_params(),
+        eta_params=searches["eta"].model_params() if "eta" in searches else None,
+        acceptance_params=searches["acceptance"].model_params() if "acceptance" in searches else None,
         seed=settings.retrain.seed,
         num_threads=settings.train.num_threads,
+        fitted=fitted,
     )

@@ -96,10 +96,13 @@ def change_traffic(
     canary_steps: tuple[float, ...] | None = None,
     changed_by: str,
     reason: str,
+    at: datetime | None = None,
 ) -> TrafficState:
     """Apply a change, validated against the live aliases, and persist it; raises ValueError.
 
     ``canary_steps`` replaces the ramp before ``canary`` moves along it (only off the ramp).
+    ``at`` is the change's time (default now), on the clock of the prediction log the release
+    controller reads (simulated time in ``cluster.closed_loop``).
     """
     registry = ModelRegistry(registry_root)
     state = read_state(registry_root)
@@ -131,7 +134,7 @@ def change_traffic(
     state.shadow = policy.shadow
     state.canary_step = policy.canary_step
     state.generation += 1
-    state.changed_at = datetime.now(UTC).isoformat()
+    state.changed_at = (at or datetime.now(UTC)).astimezone(UTC).isoformat()
     state.changed_by, state.reason = changed_by, reason
     write_state(registry_root, state)
     return state

@@ -64,10 +64,8 @@ def test_unit_change_pages_as_data_quality_on_the_feature_and_region_and_is_not_
     speed = next(e for e in pages if e.subject == "cell_traffic__speed_kmh")
     assert speed.severity == "page" and speed.observed_at > _onset(world)
     assert speed.evidence["mismatch_ratio"] == pytest.approx(0.621, abs=0.01), "the evidence reads as the km/h -> mph factor"
-    drifted = [e for e in events if e.kind == "drift" and e.subject == "cell_traffic__speed_kmh" and e.segment.get("region_id") == UNIT_REGION]
-    assert drifted and drifted[0].evidence["psi"] > 3.0, "the drift check sees it too"
     assert not [e for e in events if e.kind == "concept_drift" and e.segment.get("region_id") == UNIT_REGION]
-    print(f"unit_change detection delay: {_delay_minutes(world, [speed]):.0f} simulated minutes (drift: {_delay_minutes(world, drifted):.0f})")
+    print(f"unit_change detection delay: {_delay_minutes(world, [speed]):.0f} simulated minutes")
 
 
 def test_concept_drift_is_flagged_in_its_region_only_once_labels_mature(incident) -> None:
@@ -85,6 +83,8 @@ def test_control_world_never_pages(control) -> None:
     assert not pages, [(e.kind, e.source, e.subject, e.segment) for e in pages]
     assert not [e for e in events if e.kind in ("concept_drift", "slo_burn", "data_quality")]
     tickets = [e for e in events if e.severity == "ticket" and e.state == "firing"]
+    # Job-level features counted once per job and a 12 h persistence (was ~53 drift tickets a day).
+    assert len(tickets) / days <= 2, [(e.kind, e.subject, e.segment) for e in tickets]
     print(f"control: {len(pages) / days:.2f} pages and {len(tickets) / days:.1f} tickets (feature drift) per simulated day over {days:.0f} days")
 
 

@@ -114,15 +114,20 @@ def test_lineage_records_trigger_windows_trials_and_gate(retrained: tuple[Settin
     assert lineage["gate"] == "passed" and lineage["gate_champion"] == run.champion
     recent, history = lineage["windows"]["recent"], lineage["windows"]["history"]
     assert history[1] == recent[0] and datetime.fromisoformat(history[0]) < datetime.fromisoformat(recent[0])
-    for family in ("eta", "acceptance"):
-        tuned = lineage["tune"][family]
-        assert tuned["trial_id"] == run.searches[family].best.trial_id
-        assert tuned["trials"] == 2 and tuned["failed_trials"] == 0
-        assert 0 < tuned["best_iteration"] <= settings.retrain.max_boost_round
-        # The candidate was refit with the winning trial's capacity, boosted to its best round.
-        component = registry.metadata(family, metadata.components[family])
-        assert component.hyperparameters["num_leaves"] == tuned["config"]["num_leaves"]
-        assert component.hyperparameters["num_boost_round"] == tuned["best_iteration"]
+    # ETA concept drift refits the ETA model only; the champion's acceptance model is kept.
+    assert lineage["refit"] == ["eta"] and set(lineage["tune"]) == {"eta"}
+    tuned = lineage["tune"]["eta"]
+    assert tuned["trial_id"] == run.searches["eta"].best.trial_id
+    assert tuned["trials"] == 2 and tuned["failed_trials"] == 0
+    assert 0 < tuned["best_iteration"] <= settings.retrain.max_boost_round
+    # The candidate was refit with the winning trial's capacity, boosted to its best round.
+    component = registry.metadata("eta", metadata.components["eta"])
+    assert component.hyperparameters["num_leaves"] == tuned["config"]["num_leaves"]
+    assert component.hyperparameters["num_boost_round"] == tuned["best_iteration"]
+    champion_acceptance = registry.metadata("dispatch", run.champion).components["acceptance"]
+    assert lineage["kept_from_champion"] == {"acceptance": champion_acceptance}
+    kept = registry.metadata("acceptance", metadata.components["acceptance"])
+    assert kept.hyperparameters == registry.metadata("acceptance", champion_acceptance).hyperparameters
     # Not champion: release decides that.
     assert registry.alias("dispatch", "champion").version == run.champion != run.versions["dispatch"]
     assert registry.alias("dispatch", "challenger").version == run.versions["dispatch"]

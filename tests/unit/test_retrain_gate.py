@@ -167,3 +167,17 @@ def test_trigger_lineage_reads_the_event_log_and_refuses_unknown_ids(tmp_path: P
     assert trigger_lineage(settings, None) == {"trigger": "manual"}
     with pytest.raises(RetrainTriggerError, match="not in the event log"):
         trigger_lineage(settings, "missing")
+
+
+def test_a_retrain_refits_only_the_family_its_quality_event_is_about() -> None:
+    from retrain.pipeline import retrain_families
+
+    def lineage(kind: str, subject: str) -> dict:
+        return {"trigger": "e1", "trigger_event": {"kind": kind, "source": "x", "subject": subject, "segment": {"region_id": 16}}}
+
+    assert retrain_families(lineage("concept_drift", "eta")) == ("eta",)
+    assert retrain_families(lineage("slo_burn", "eta_interval_slo")) == ("eta",)
+    assert retrain_families(lineage("slo_burn", "top_rank_accepted_slo")) == ("acceptance",)
+    # Input drift or a manual run says nothing about which model erred: both are refitted.
+    assert retrain_families(lineage("drift", "cell_traffic__speed_kmh")) == ("eta", "acceptance")
+    assert retrain_families({"trigger": "manual"}) == ("eta", "acceptance")
