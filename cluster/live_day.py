@@ -62,7 +62,10 @@ class LiveDayOptions:
     #: Feature cache refresh periods of the replayed service, wall seconds.
     nrt_refresh_s: float = 0.5
     nrt_full_refresh_s: float = 1.0
-    batch_refresh_s: float = 10.0
+    #: Daily groups are big (every cell's and provider's daily aggregates): reloading them often
+    #: overruns the 3 s refresh deadline on a busy machine and flags the store unavailable. The
+    #: window's daily rows are pushed before the replay starts, so the first load has them.
+    batch_refresh_s: float = 120.0
     #: ``unit_change`` incidents applied to what the feed pushes (resolved against ``sim_start``).
     feed_scenario: Scenario | None = None
     sim_start: datetime | None = None
