@@ -49,7 +49,7 @@ CORE_COUNTS = (2, 16, 64, 256)
 def world(args: argparse.Namespace) -> Settings:
     options = DemoOptions(
         workdir=Path(args.workdir), days=args.days, events_per_day=args.events_per_day,
-        cells=args.cells, regions=args.regions, providers=args.providers, start=date(2026, 1, 1),
+        cells=args.cells, regions=args.regions, providers=args.providers, start=date(2026, 1, 1), live=False,
     )
     if args.reuse and manifest_path(Path(args.workdir) / "data").exists():
         return demo_settings(load_settings(), options)

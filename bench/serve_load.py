@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     env = {**os.environ, "DISPATCHML_ADMIN_TOKEN": os.environ.get("DISPATCHML_ADMIN_TOKEN", "bench-token")}
     if not (args.workdir / "dispatchml.yaml").exists():
-        subprocess.run([DISPATCHML, "demo", "--workdir", str(args.workdir), "--days", "28"], check=True, env=env, capture_output=True)
+        subprocess.run([DISPATCHML, "demo", "--workdir", str(args.workdir), "--days", "28", "--no-live"], check=True, env=env, capture_output=True)
     config = args.workdir / "dispatchml.yaml"
     env["DISPATCHML_CONFIG"] = str(config)
     settings = load_settings(config, environ=env)

@@ -301,7 +301,7 @@ def _build_world(workdir: Path, env: dict[str, str]) -> None:
     """A small trained world: the demo shrunk to what the drills need (four regions, two weeks)."""
     from cluster.demo import DemoOptions, run_demo
 
-    run_demo(load_settings(None, environ=env), DemoOptions(workdir=workdir, days=14, events_per_day=4_000, cells=400, regions=4, providers=1_200))
+    run_demo(load_settings(None, environ=env), DemoOptions(workdir=workdir, days=14, events_per_day=4_000, cells=400, regions=4, providers=1_200, live=False))
 
 
 def _mount_tmpfs(directory: Path) -> bool:

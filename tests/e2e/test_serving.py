@@ -123,7 +123,7 @@ def _push_live_features(settings: Settings, cell: int, region: int, providers: l
 def build_demo_world(workdir: Path, env: dict[str, str]) -> Settings:
     """A small trained world (the demo, shrunk); ``env`` is pointed at its settings file."""
     demo = _cli(env, "demo", "--workdir", str(workdir), "--days", "21", "--events-per-day", "15000",
-                "--cells", "900", "--regions", "4", "--providers", "3000")
+                "--cells", "900", "--regions", "4", "--providers", "3000", "--no-live")
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     env["DISPATCHML_CONFIG"] = str(workdir / "dispatchml.yaml")
     return load_settings(workdir / "dispatchml.yaml", environ=env)
