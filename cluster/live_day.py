@@ -188,6 +188,25 @@ def _in_background(work: Callable[[], None]) -> None:
         raise errors[0]
 
 
+def _serve_command(settings: Settings, action: str) -> None:
+    """``dispatchml serve up|down`` with the replay's settings, in a process of its own.
+
+    Serve's client keeps threads in the driver that can touch Ray after ``ray.shutdown()``, and
+    Ray then ends the whole process; the demo must outlive the service it started.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = Path(settings.paths.root) / "live_day.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    done = subprocess.run([str(Path(sys.executable).with_name("dispatchml")), "--config", str(config), "serve", action],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"dispatchml serve {action} failed: {(done.stdout + done.stderr).strip()[-800:]}")
+
+
 def run_live_day(
     settings: Settings,
     start: datetime,
@@ -229,7 +248,7 @@ def run_live_day(
     outage_thread = None
     steps: list[LoopStep] = []
     try:
-        serve.up(live)
+        _serve_command(live, "up")
         if on_ready is not None:
             on_ready(live)
         jobs = [Job(j.body, j.region_id, j.n_candidates) for j in window.jobs]
@@ -255,7 +274,7 @@ def run_live_day(
         if options.keep_running:
             stop_replay_clock(registry_root, end.timestamp())
         else:
-            serve.down(live)
+            _serve_command(live, "down")
     return LiveDayResult(
         start, end, live, answers, steps, (span[0], span[1]) if len(span) == 2 else None,
         int(pushed["pushed"]), int(pushed["failures"]), wall_seconds=(end - start).total_seconds() / options.speed,
