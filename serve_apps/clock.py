@@ -12,7 +12,8 @@ deployed. ``wall_origin`` is written to ``<registry>/replay_clock.json`` by the 
 moment its traffic starts, because nobody can predict how long the app takes to come up (Ray,
 replicas, the first feature load); until then the simulated clock stands still at
 ``replay_start``; a service kept running after its replay has its clock stopped where the replay
-ended (:func:`stop_replay_clock`). The router, the monitor and the release controller all read that file, so they
+ended (:func:`stop_replay_clock`). Every router replica reads that file, and so does the replay
+driver, which runs the monitor, the policy and the release controller as of its reading: they
 agree on the time without talking to each other.
 
 Only the time the data carries is simulated. Periods the code waits for (cache refresh, breaker
